@@ -1,0 +1,2 @@
+"""wealy: audio-based lyrics matching with Whisper embeddings."""
+__version__ = "0.1.0"

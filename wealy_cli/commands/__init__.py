@@ -1,0 +1,1 @@
+"""One module per CLI command: parse settings, call library code, print results."""
