@@ -1,0 +1,298 @@
+"""The WEALY model: a temporal transformer over Whisper (or SBERT) embedding sequences.
+
+    x (B, T, d_in), mask (B, T) True = valid
+      → Linear d_in→hidden ("pre_transformer_proj") → optional sinusoidal positions
+      → pre-norm TransformerEncoder ("transformer.layers.{i}")
+      → GeM pooling over valid rows ("pool.p") → Linear hidden→zdim, no bias ("proj")
+      → z (B, zdim), not normalised (distance = 1 − cosine)
+
+The "avgmlp" variant averages the valid rows and feeds an MLP ("avg_mlp.{k}"). SBERT input is
+a length-1 sequence. Parameter names and config keys follow the original research code so that
+its published checkpoints load into these modules.
+
+Weights are saved as ``<name>.safetensors`` (the model config is also embedded in the file's
+metadata) plus ``<name>.config.json``; both are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from .errors import UserError
+
+ARCHS = ("transformer", "avgmlp")
+POOLS = ("gem", "mean")
+_POOL_ALIASES = {"gem": "gem", "gempool": "gem", "mean": "mean", "meanpool": "mean"}
+_META_KEY = "wealy_model_config"
+
+
+@dataclass
+class ModelConfig:
+    """Model sizes; keys as in the original ``configuration.yaml`` (paper sizes by default)."""
+
+    input_channels: int = 1280
+    hidden_dim: int = 768
+    zdim: int = 512
+    num_transformer_blocks: int = 4
+    num_heads: int = 12
+    ff_dim: int = 1024
+    dropout: float = 0.1
+    pool_type: str = "gem"
+    positional_encoding: bool = False
+    arch: str = "transformer"
+    avg_mlp_hidden_layers: int = 2
+    max_positions: int = 8192
+
+    def __post_init__(self) -> None:
+        self.pool_type = _POOL_ALIASES.get(str(self.pool_type).lower(), str(self.pool_type))
+        if self.arch not in ARCHS:
+            raise UserError(f"model arch {self.arch!r} is not one of {', '.join(ARCHS)}")
+        if self.pool_type not in POOLS:
+            raise UserError(f"model pool_type {self.pool_type!r} is not one of {', '.join(POOLS)}")
+        for name in ("input_channels", "hidden_dim", "zdim", "num_heads", "ff_dim"):
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"model {name} must be a positive integer, got {getattr(self, name)}")
+        if self.hidden_dim % self.num_heads:
+            raise UserError(f"model hidden_dim {self.hidden_dim} must be divisible by num_heads {self.num_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"model dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Build from a dict, ignoring keys that do not apply (e.g. the original ``conv_blocks``,
+        ``loss``). The original's ``positional_encoding: {enabled: ...}`` mapping is accepted."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        pe = values.get("positional_encoding")
+        if isinstance(pe, dict):
+            values["positional_encoding"] = bool(pe.get("enabled", False))
+        if data.get("use_avg_pooling") and "arch" not in data:
+            values["arch"] = "avgmlp"
+        return cls(**values)
+
+
+# ---------------------------------------------------------------- layers
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed sine/cosine positions ("Attention is all you need"); no parameters."""
+
+    def __init__(self, dim: int, max_length: int) -> None:
+        super().__init__()
+        position = torch.arange(max_length, dtype=torch.float32)[:, None]
+        div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+        table = torch.zeros(max_length, dim)
+        table[:, 0::2] = torch.sin(position * div)
+        table[:, 1::2] = torch.cos(position * div)[:, : dim // 2]
+        self.register_buffer("table", table, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] > self.table.shape[0]:
+            raise ValueError(f"sequence of {x.shape[1]} rows exceeds max_positions {self.table.shape[0]}")
+        return x + self.table[: x.shape[1]].to(x.dtype)
+
+
+class GeMPool(nn.Module):
+    """Generalised mean over the valid rows: (mean_t clamp(x, eps)^p)^(1/p), p = 1 + softplus(θ)
+    learned per channel. ``p`` holds θ, shape (1, C, 1) as in the original."""
+
+    def __init__(self, channels: int, init: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.full((1, channels, 1), math.log(math.exp(init - 1) - 1)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # x: (B, T, C). Work in fp32: x^p overflows bf16/fp16 quickly.
+        p = 1 + F.softplus(self.p.float().squeeze(-1))  # (1, C)
+        valid = mask[..., None]  # (B, T, 1)
+        # where(), not a product: a padded row must not leak even if it holds NaN or Inf.
+        powered = torch.where(valid, x.float().clamp(min=self.eps).pow(p[:, None, :]), 0.0)
+        mean = powered.sum(1) / valid.sum(1).clamp(min=1)
+        # An empty sequence gives mean 0; the clamp keeps pow and its gradient finite.
+        return mean.clamp(min=self.eps ** 3).pow(1 / p)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over valid rows; zeros for a sequence with no valid row."""
+    valid = mask[..., None]
+    return torch.where(valid, x, 0.0).sum(1) / valid.sum(1).clamp(min=1).to(x.dtype)
+
+
+# ---------------------------------------------------------------- models
+
+
+class WealyTransformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.pre_transformer_proj = nn.Linear(cfg.input_channels, cfg.hidden_dim)
+        self.positions = SinusoidalPositions(cfg.hidden_dim, cfg.max_positions) if cfg.positional_encoding else None
+        layer = nn.TransformerEncoderLayer(
+            cfg.hidden_dim, cfg.num_heads, cfg.ff_dim, cfg.dropout,
+            activation="relu", batch_first=True, norm_first=True,
+        )
+        self.transformer = nn.TransformerEncoder(layer, cfg.num_transformer_blocks, enable_nested_tensor=False)
+        self.pool = GeMPool(cfg.hidden_dim) if cfg.pool_type == "gem" else None
+        self.proj = nn.Linear(cfg.hidden_dim, cfg.zdim, bias=False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = _full_mask(x) if mask is None else mask.to(torch.bool)
+        # Zero padded rows: attention gives them weight 0, but 0 · NaN is still NaN.
+        h = self.pre_transformer_proj(torch.where(mask[..., None], x, 0.0))
+        if self.positions is not None:
+            h = self.positions(h)
+        # A sequence with no valid row would attend to nothing (softmax of all -inf = NaN):
+        # let it attend to its first row; pooling still ignores every row of it.
+        ignore = ~mask
+        empty = ~mask.any(1)
+        if empty.any():
+            ignore = ignore.clone()
+            ignore[empty, 0] = False
+        h = self.transformer(h, src_key_padding_mask=ignore)
+        pooled = self.pool(h, mask) if self.pool is not None else masked_mean(h.float(), mask)
+        return self.proj(pooled.to(h.dtype))
+
+
+class AvgMLP(nn.Module):
+    """Mean over valid rows → Linear→hidden, ReLU, dropout, hidden layers → Linear→zdim."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        layers: list[nn.Module] = [nn.Linear(cfg.input_channels, cfg.hidden_dim), nn.ReLU(), nn.Dropout(cfg.dropout)]
+        for _ in range(cfg.avg_mlp_hidden_layers):
+            layers += [nn.Linear(cfg.hidden_dim, cfg.hidden_dim), nn.ReLU(), nn.Dropout(cfg.dropout)]
+        layers.append(nn.Linear(cfg.hidden_dim, cfg.zdim))
+        self.avg_mlp = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = _full_mask(x) if mask is None else mask.to(torch.bool)
+        return self.avg_mlp(masked_mean(x, mask))
+
+
+def _full_mask(x: torch.Tensor) -> torch.Tensor:
+    return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """A freshly initialised model; ``forward(x (B, T, d_in), mask (B, T) bool) -> (B, zdim)``."""
+    return WealyTransformer(cfg) if cfg.arch == "transformer" else AvgMLP(cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- saving and loading
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_replace(tmp: Path, final: Path) -> None:
+    """fsync ``tmp`` and rename it over ``final``: a crash leaves the old or the new file."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def save_weights(path: Path, model: nn.Module, cfg: ModelConfig, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``<path>.safetensors`` and ``<path>.config.json`` (``path`` has no suffix, e.g.
+    ``run_dir / "best"``). Returns the weights file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weights = path.with_name(path.name + ".safetensors")
+    config = path.with_name(path.name + ".config.json")
+    payload = {"model": cfg.to_dict(), **(extra or {})}
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in _unwrap(model).state_dict().items()}
+    tmp = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")
+    save_file(state, str(tmp), metadata={_META_KEY: json.dumps(cfg.to_dict()), "format": "pt"})
+    atomic_replace(tmp, weights)
+    tmp = config.with_name(f".{config.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
+    atomic_replace(tmp, config)
+    return weights
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside Fabric / DDP wrappers."""
+    while True:
+        inner = getattr(model, "_forward_module", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def resolve_weights(path: Path) -> Path:
+    """A run directory (its ``best``, else ``last``), a ``.safetensors`` file, or a checkpoint
+    name without suffix (``runs/x/best``) → the weights file."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best", "last"):
+            candidate = path / f"{name}.safetensors"
+            if candidate.is_file():
+                return candidate
+        raise UserError(f"{path}: run directory holds no best.safetensors or last.safetensors")
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise UserError(f"{path}: checkpoint file not found")
+        return path
+    candidate = path.with_name(path.name + ".safetensors")
+    if candidate.is_file():
+        return candidate
+    raise UserError(f"{path}: not a run directory, .safetensors file or checkpoint name")
+
+
+def read_config(weights: Path) -> ModelConfig:
+    """The model config embedded in a weights file, else its ``.config.json`` neighbour."""
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{weights}: not a readable safetensors file ({err})") from err
+    if _META_KEY in meta:
+        return ModelConfig.from_dict(json.loads(meta[_META_KEY]))
+    config = weights.with_name(weights.name.removesuffix(".safetensors") + ".config.json")
+    if not config.is_file():
+        raise UserError(f"{weights}: no model config in the file and no {config.name} next to it")
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{config}: not valid JSON ({err.msg})") from err
+    return ModelConfig.from_dict(data.get("model", data))
+
+
+def load_model(path: Path) -> tuple[nn.Module, ModelConfig]:
+    """Load a saved model (eval mode, CPU). ``path``: run directory, ``.safetensors`` or name."""
+    weights = resolve_weights(Path(path))
+    cfg = read_config(weights)
+    model = build_model(cfg)
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{weights}: cannot read weights ({err})") from err
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{weights}: weights do not match the model config "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.eval(), cfg
