@@ -193,8 +193,10 @@ class StoreWriter:
         np.cumsum([a.shape[0] for a in arrays], out=offsets[1:])
         with h5py.File(tmp, "w") as h5:
             h5.attrs["dim"] = self.dim
-            h5.create_dataset("data", data=np.concatenate(arrays, axis=0) if offsets[-1] else
-                              np.zeros((0, self.dim), np.float16), dtype=np.float16)
+            data = h5.create_dataset("data", shape=(int(offsets[-1]), self.dim), dtype=np.float16)
+            for i, array in enumerate(arrays):  # slice by slice: no concatenated copy in memory
+                if len(array):
+                    data[offsets[i]:offsets[i + 1]] = array
             h5.create_dataset("offsets", data=offsets)
             h5.create_dataset("keys", data=[k for k, _, _ in self._buffer], dtype=h5py.string_dtype())
             h5.create_dataset("meta", data=[json.dumps(m, default=str) for _, _, m in self._buffer],
