@@ -1,0 +1,151 @@
+"""Song distances from CLEWS shingle embeddings, streamed by blocks of songs.
+
+Every song is a matrix of shingle embeddings (shingles x dim). For a song pair, the distance of
+shingles i, j is the normalised squared Euclidean distance ``||q_i - c_j||^2 / dim``; the
+shingles x shingles matrix is reduced to one number:
+
+- ``min``: the smallest shingle-pair distance;
+- ``mean``: the mean over all shingle pairs;
+- ``bpwr-K`` (best pairs without replacement): repeatedly take the smallest remaining pair and
+  remove its row and its column, K times at most (or until a song runs out of shingles), and
+  average the pairs taken. Ties go to the pair that comes first in row-major order (query
+  shingle, then candidate shingle); the official code instead adds 1e-7 noise to break them.
+
+Only one block of query songs x one block of candidate songs is in memory at a time (padded to
+their longest song, padding masked), so the cost in memory does not grow with the data set.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import ui
+from .errors import UserError
+from .store import Store
+
+REDUCTIONS = ("bpwr-5", "bpwr-10", "min", "mean")
+_INF = float("inf")
+
+
+def parse_redux(redux: str) -> tuple[str, int]:
+    """'bpwr-5' → ('bpwr', 5); 'min' → ('min', 0); 'mean' → ('mean', 0)."""
+    if redux in ("min", "mean"):
+        return redux, 0
+    match = re.fullmatch(r"bpwr-(\d+)", redux)
+    if match and int(match[1]) >= 1:
+        return "bpwr", int(match[1])
+    raise UserError(f"--redux {redux!r}: expected bpwr-K (K >= 1, e.g. bpwr-5, bpwr-10), min or mean")
+
+
+def shingle_distances(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Normalised squared Euclidean distances between all rows: (n, d) x (m, d) → (n, m)."""
+    dist = q.pow(2).sum(-1, keepdim=True) + c.pow(2).sum(-1)[None, :] - 2 * q @ c.T
+    return dist.clamp(min=0) / q.shape[-1]
+
+
+def block_distances(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """(bq, sq, d) x (bc, sc, d) → (bq, bc, sq, sc), as one large matrix product."""
+    (bq, sq, d), (bc, sc, _) = q.shape, c.shape
+    dist = shingle_distances(q.reshape(bq * sq, d), c.reshape(bc * sc, d))
+    return dist.reshape(bq, sq, bc, sc).permute(0, 2, 1, 3)
+
+
+def reduce_pairs(dist: torch.Tensor, redux: str, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Reduce (..., s1, s2) shingle-pair distances to (...) song distances.
+
+    ``valid`` (..., s1, s2) marks real shingle pairs (False = padding); None means all real."""
+    kind, k = parse_redux(redux)
+    if valid is None:
+        valid = torch.ones_like(dist, dtype=torch.bool)
+    if kind == "mean":
+        return torch.where(valid, dist, 0).sum((-1, -2)) / valid.sum((-1, -2)).clamp(min=1)
+    masked = torch.where(valid, dist, _INF)
+    if kind == "min":
+        return masked.amin((-1, -2))
+    return _bpwr(masked, k)
+
+
+def _bpwr(masked: torch.Tensor, k: int) -> torch.Tensor:
+    """Greedy best pairs without replacement on matrices whose excluded entries are +inf."""
+    lead = masked.shape[:-2]
+    s1, s2 = masked.shape[-2:]
+    work = masked.reshape(-1, s1, s2).clone()
+    total = torch.zeros(work.shape[0], dtype=work.dtype, device=work.device)
+    taken = torch.zeros_like(total)
+    for _ in range(min(k, s1, s2)):
+        value, where = work.flatten(1).min(dim=1)  # first minimum in row-major order
+        ok = torch.isfinite(value)
+        if not bool(ok.any()):
+            break
+        total += torch.where(ok, value, 0)
+        taken += ok.to(total.dtype)
+        pick = ok.nonzero().squeeze(1)  # remove the chosen pair's row and column
+        work[pick, where[pick] // s2, :] = _INF
+        work[pick, :, where[pick] % s2] = _INF
+    song = torch.where(taken > 0, total / taken.clamp(min=1), torch.full_like(total, _INF))
+    return song.reshape(lead)
+
+
+# ---------------------------------------------------------------- streaming over a store
+
+
+def _padded(arrays: Sequence[np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, smax, d) float32 zero-padded tensor and (n, smax) validity mask."""
+    smax = max(a.shape[0] for a in arrays)
+    dim = arrays[0].shape[1]
+    out = np.zeros((len(arrays), smax, dim), np.float32)
+    mask = np.zeros((len(arrays), smax), bool)
+    for i, a in enumerate(arrays):
+        out[i, : a.shape[0]] = a
+        mask[i, : a.shape[0]] = True
+    return torch.from_numpy(out).to(device), torch.from_numpy(mask).to(device)
+
+
+def _read(store: Store, cache: dict[str, np.ndarray] | None, key: str) -> np.ndarray:
+    return cache[key] if cache is not None and key in cache else store[key]
+
+
+def clews_song_distances(
+    store: Store,
+    query_keys: Sequence[str],
+    candidate_keys: Sequence[str],
+    redux: str = "bpwr-5",
+    block: int = 32,
+    device: str | torch.device = "cpu",
+    cache_bytes: int = 2 * 2**30,
+) -> np.ndarray:
+    """Song-pair distances (n_queries, n_candidates) float32 for keys of a CLEWS store.
+
+    Queries and candidates are processed ``block`` songs at a time. Candidate embeddings are kept
+    in memory (fp16, as stored) when they fit in ``cache_bytes``; otherwise each candidate block
+    is read from the store again for every query block."""
+    parse_redux(redux)
+    if block < 1:
+        raise UserError(f"--block {block}: must be at least 1")
+    for key in (*query_keys, *candidate_keys):
+        if key not in store:
+            raise UserError(f"{store.directory}: key {key!r} is not in the store")
+    device = torch.device(device)
+    dim = store.dim
+    out = np.empty((len(query_keys), len(candidate_keys)), np.float32)
+    cand_bytes = sum(store.rows(k) for k in candidate_keys) * dim * 2
+    cache = {k: store[k] for k in candidate_keys} if cand_bytes <= cache_bytes else None
+    cand_blocks = [candidate_keys[i:i + block] for i in range(0, len(candidate_keys), block)]
+    with ui.progress(transient=True) as bar:
+        task = bar.add_task("CLEWS distances", total=len(query_keys), status=redux)
+        for q0 in range(0, len(query_keys), block):
+            qkeys = query_keys[q0:q0 + block]
+            q, qmask = _padded([_read(store, cache, k) for k in qkeys], device)
+            for b, ckeys in enumerate(cand_blocks):
+                c, cmask = _padded([_read(store, cache, k) for k in ckeys], device)
+                dist = block_distances(q, c)  # (bq, bc, sq, sc)
+                valid = qmask[:, None, :, None] & cmask[None, :, None, :]
+                red = reduce_pairs(dist, redux, valid)
+                c0 = b * block
+                out[q0:q0 + len(qkeys), c0:c0 + len(ckeys)] = red.cpu().numpy()
+            bar.advance(task, len(qkeys))
+    return out
