@@ -1,0 +1,78 @@
+"""Transcriptions: cleaning, tokenising, and whether one is usable lyrics.
+
+Whisper on music often returns nothing, "[Music]" annotations, la-la syllables, or a phrase
+repeated in a loop (a hallucination). The ``modified-*`` baselines need to know which
+transcriptions are real lyrics. A transcription is *valid* when all of these hold:
+
+1. it has at least ``min_words`` (10) content words — words that are neither annotations nor
+   syllables;
+2. annotations ("[Music]", "(instrumental)", "♪", the bare words music/instrumental/applause)
+   and vocal syllables ("la", "na-na", "ooh", "mmm", ...) make up at most ``max_filler_share``
+   (50 %) of all words;
+3. no single bigram or trigram of content words makes up more than ``max_ngram_share`` (40 %) of
+   all bigrams or trigrams (a repeated-phrase loop).
+
+The original research code also required five ASCII letters, which rejects every lyric in a
+non-Latin script; that rule is deliberately absent. Words are Unicode word runs; in scripts
+written without spaces (Chinese, Japanese kana, Thai) every character counts as one word, so
+such lyrics are not rejected for having "too few words".
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+# A bracketed annotation or a music-note run, removed before counting words.
+_ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)|[♪♫♬♩]+")
+# One word: a character of a script without spaces, or a run of letters/digits (with apostrophes).
+_WORD = re.compile(r"[\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
+                   r"|[^\W_]+(?:['’][^\W_]+)*")
+_ANNOTATION_WORDS = frozenset({"music", "instrumental", "applause", "silence", "inaudible", "laughter"})
+# Vocal syllables, alone or chained: la, lalala, na-na (split by the tokenizer), ooh, mmm, doo ...
+_SYLLABLES = re.compile(r"(?:la|na|da|du|doo|ba|pa|sha|dum|oo+|o+h+|a+h+|u+h+|m+|h+m+|wo+|whoa|woah|yeah)+")
+
+
+@dataclass(frozen=True)
+class ValidityRules:
+    min_words: int = 10
+    max_filler_share: float = 0.5
+    max_ngram_share: float = 0.4
+
+
+def clean(text: str) -> str:
+    """Transcription without bracketed annotations and music notes, whitespace collapsed."""
+    return " ".join(_ANNOTATION.sub(" ", text or "").split())
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words of ``text`` (see module docstring for scripts without spaces)."""
+    return [w.lower() for w in _WORD.findall(text or "")]
+
+
+def _is_filler(word: str) -> bool:
+    return word in _ANNOTATION_WORDS or _SYLLABLES.fullmatch(word) is not None
+
+
+def invalid_reason(text: str, rules: ValidityRules = ValidityRules()) -> str | None:
+    """Why ``text`` is not usable lyrics, or None when it is valid."""
+    annotations = len(_ANNOTATION.findall(text or ""))
+    tokens = words(clean(text))
+    content = [w for w in tokens if not _is_filler(w)]
+    fillers = annotations + len(tokens) - len(content)
+    if len(content) < rules.min_words:
+        return f"{len(content)} content words (< {rules.min_words})"
+    if fillers / (fillers + len(content)) > rules.max_filler_share:
+        return f"{fillers} of {fillers + len(content)} words are annotations or syllables"
+    for n in (2, 3):
+        grams = list(zip(*(content[i:] for i in range(n))))
+        gram, count = Counter(grams).most_common(1)[0]
+        if count / len(grams) > rules.max_ngram_share:
+            return f"repeated {n}-gram {' '.join(gram)!r} is {count} of {len(grams)}"
+    return None
+
+
+def is_valid(text: str, rules: ValidityRules = ValidityRules()) -> bool:
+    """True when ``text`` passes every rule of the module docstring."""
+    return invalid_reason(text, rules) is None
