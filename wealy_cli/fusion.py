@@ -1,0 +1,255 @@
+"""Late fusion of distance matrices from several modalities (e.g. CLEWS audio + WEALY lyrics).
+
+1. **Align** every input on version keys: the queries (and candidates) kept are those present in
+   every input, in the first input's order. Each input reports how many it lost. The clique of a
+   kept version must be the same in every input.
+2. **Normalise** each aligned matrix (``none``, ``zscore``: minus the mean, over the standard
+   deviation of its finite entries other than a query's own entry; ``rank``: every entry replaced
+   by its rank among all finite entries of that matrix, scaled to [0, 1], ties averaged).
+   Non-finite entries (NaN counts as +inf) stay +inf.
+3. **Combine** ``m1 + w2·m2 + … + wk·mk`` for every weight combination of the grid: the same
+   list of weights for each extra input, all combinations (``len(alphas) ** (k − 1)`` rows; at
+   most ``MAX_COMBINATIONS``). A zero weight drops that input (so an +inf there cannot turn
+   into NaN), so weight 0 reproduces m1 exactly.
+4. **Evaluate** each combination with ``metrics.retrieval_metrics``; the best row has the highest
+   MAP (ties: lower ARP, then the earlier row).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+
+from . import ui
+from .errors import UserError
+from .matrixfile import DistanceMatrix
+from .metrics import retrieval_metrics
+
+Normalization = Literal["none", "zscore", "rank"]
+MAX_COMBINATIONS = 10_000
+MAX_ALPHAS = 10_000
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+
+
+# ---------------------------------------------------------------- --alphas
+
+
+def parse_alphas(text: str) -> list[float]:
+    """``start:stop:step`` (stop included within float tolerance) or a list ``0,0.5,1``."""
+    value = str(text).strip()
+    if re.fullmatch(rf"{_NUMBER}:{_NUMBER}:{_NUMBER}", value):
+        start, stop, step = (float(v) for v in value.split(":"))
+        if step <= 0:
+            raise UserError(f"--alphas {text!r}: the step must be > 0")
+        if stop < start:
+            raise UserError(f"--alphas {text!r}: stop {stop:g} is below start {start:g}")
+        count = math.floor((stop - start) / step + 1e-9) + 1
+        if count > MAX_ALPHAS:
+            raise UserError(f"--alphas {text!r}: {count} values (at most {MAX_ALPHAS})")
+        alphas = [round(start + i * step, 12) for i in range(count)]
+    elif re.fullmatch(rf"{_NUMBER}(?:\s*,\s*{_NUMBER})*", value):
+        alphas = [float(v) for v in value.split(",")]
+    else:
+        raise UserError(f"--alphas {text!r}: expected start:stop:step (e.g. 0:2:0.1) or a comma "
+                        "list of numbers (e.g. 0,0.5,1)")
+    if any(a < 0 for a in alphas):
+        raise UserError(f"--alphas {text!r}: weights must be ≥ 0")
+    return list(dict.fromkeys(alphas))
+
+
+# ---------------------------------------------------------------- alignment
+
+
+@dataclass
+class Alignment:
+    """Inputs restricted to the shared versions, in the same row and column order."""
+
+    names: list[str]
+    distances: list[np.ndarray]
+    query_keys: list[str]
+    candidate_keys: list[str]
+    query_cliques: list[str]
+    candidate_cliques: list[str]
+    report: list[dict] = field(default_factory=list)  # per input: shape, kept, lost
+
+
+def align(matrices: Sequence[DistanceMatrix], names: Sequence[str]) -> Alignment:
+    """Intersect the inputs on query and candidate keys (see module docstring)."""
+    shared_q = set.intersection(*(set(m.query_keys) for m in matrices))
+    shared_c = set.intersection(*(set(m.candidate_keys) for m in matrices))
+    q_keys = [k for k in matrices[0].query_keys if k in shared_q]
+    c_keys = [k for k in matrices[0].candidate_keys if k in shared_c]
+    if not q_keys or not c_keys:
+        sizes = ", ".join(f"{n}: {m.shape[0]}×{m.shape[1]}" for n, m in zip(names, matrices))
+        raise UserError(f"the inputs share no {'query' if not q_keys else 'candidate'} versions "
+                        f"({sizes}); are they from the same dataset split and key format?")
+    q_cliques = _shared_cliques(matrices, names, q_keys, "query")
+    c_cliques = _shared_cliques(matrices, names, c_keys, "candidate")
+    distances, report = [], []
+    for name, m in zip(names, matrices):
+        rows = _positions(m.query_keys, q_keys)
+        cols = _positions(m.candidate_keys, c_keys)
+        distances.append(m.distances[np.ix_(rows, cols)])
+        report.append({"input": name, "shape": f"{m.shape[0]}×{m.shape[1]}",
+                       "queries kept": len(q_keys), "queries lost": m.shape[0] - len(q_keys),
+                       "candidates kept": len(c_keys), "candidates lost": m.shape[1] - len(c_keys)})
+    return Alignment(list(names), distances, q_keys, c_keys, q_cliques, c_cliques, report)
+
+
+def _positions(keys: Sequence[str], wanted: Sequence[str]) -> np.ndarray:
+    index = {k: i for i, k in enumerate(keys)}
+    return np.array([index[k] for k in wanted], dtype=np.int64)
+
+
+def _shared_cliques(matrices: Sequence[DistanceMatrix], names: Sequence[str], keys: list[str],
+                    side: str) -> list[str]:
+    first = _clique_map(matrices[0], side)
+    cliques = [first[k] for k in keys]
+    for name, m in zip(names[1:], matrices[1:]):
+        other = _clique_map(m, side)
+        bad = [k for k, c in zip(keys, cliques) if other[k] != c]
+        if bad:
+            k = bad[0]
+            raise UserError(f"{names[0]} and {name} disagree on the clique of {len(bad)} shared "
+                            f"{side} version(s), e.g. {k}: {first[k]!r} vs {other[k]!r}")
+    return cliques
+
+
+def _clique_map(m: DistanceMatrix, side: str) -> dict[str, str]:
+    if side == "query":
+        return dict(zip(m.query_keys, m.query_cliques))
+    return dict(zip(m.candidate_keys, m.candidate_cliques))
+
+
+# ---------------------------------------------------------------- normalisation
+
+
+def normalize(d: np.ndarray, method: Normalization, exclude: np.ndarray | None = None) -> np.ndarray:
+    """``d`` normalised by ``method``; ``exclude`` (bool, same shape) marks entries, such as a
+    query's own entry, left out of the statistics."""
+    d = np.where(np.isnan(d), np.inf, np.asarray(d, dtype=np.float64))
+    if method == "none":
+        return d
+    finite = np.isfinite(d)
+    stats = finite & ~exclude if exclude is not None else finite
+    values = d[stats]
+    if method == "zscore":
+        if values.size == 0:
+            return d
+        std = values.std()
+        out = (d - values.mean()) / (std if std > 0 else 1.0)
+        return np.where(finite, out, np.inf)
+    if method == "rank":
+        from scipy.stats import rankdata
+
+        out = np.full(d.shape, np.inf)
+        ranks = rankdata(d[finite], method="average")
+        out[finite] = (ranks - 1) / max(len(ranks) - 1, 1)
+        return out
+    raise UserError(f"--normalize {method!r}: choose none, zscore or rank")
+
+
+# ---------------------------------------------------------------- grid search
+
+
+@dataclass
+class FusionRow:
+    weights: tuple[float, ...]  # one per extra input (inputs 2..k)
+    metrics: dict
+
+
+def own_entries(query_keys: Sequence[str], candidate_keys: Sequence[str]) -> np.ndarray:
+    """Boolean mask of the entries where a query meets itself."""
+    mask = np.zeros((len(query_keys), len(candidate_keys)), dtype=bool)
+    column = {k: j for j, k in enumerate(candidate_keys)}
+    for i, key in enumerate(query_keys):
+        if key in column:
+            mask[i, column[key]] = True
+    return mask
+
+
+def weight_grid(alphas: Sequence[float], n_inputs: int) -> list[tuple[float, ...]]:
+    combos = len(alphas) ** (n_inputs - 1)
+    if combos > MAX_COMBINATIONS:
+        raise UserError(f"--alphas: {len(alphas)} values for {n_inputs - 1} extra inputs make {combos} "
+                        f"combinations (at most {MAX_COMBINATIONS}); use fewer values")
+    return list(itertools.product(alphas, repeat=n_inputs - 1))
+
+
+def combine(distances: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """m1 + Σ w_i · m_i, skipping zero weights."""
+    out = np.array(distances[0], dtype=np.float64, copy=True)
+    for w, d in zip(weights, distances[1:]):
+        if w != 0:
+            out += w * d
+    return out
+
+
+def fuse_grid(aligned: Alignment, alphas: Sequence[float], method: Normalization = "none") -> list[FusionRow]:
+    """Metrics of every weight combination (see module docstring)."""
+    own = own_entries(aligned.query_keys, aligned.candidate_keys)
+    normed = [normalize(d, method, own) for d in aligned.distances]
+    grid = weight_grid(alphas, len(normed))
+    rows = []
+    with ui.progress() as bar:
+        task = bar.add_task("fusion", total=len(grid), status="")
+        for weights in grid:
+            bar.update(task, status=", ".join(f"{w:g}" for w in weights))
+            m = retrieval_metrics(combine(normed, weights), aligned.query_cliques, aligned.candidate_cliques,
+                                  aligned.query_keys, aligned.candidate_keys)
+            rows.append(FusionRow(tuple(weights), m.to_dict()))
+            bar.advance(task)
+    return rows
+
+
+def best_row(rows: Sequence[FusionRow]) -> int:
+    """Index of the highest MAP (ties: lower ARP, then the earlier row)."""
+    return min(range(len(rows)), key=lambda i: (-rows[i].metrics["map"], rows[i].metrics["arp"], i))
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def write_csv(path: Path, rows: Sequence[FusionRow], names: Sequence[str]) -> Path:
+    weight_cols = [f"weight_{n}" for n in names[1:]]
+    metric_cols = ["map", "map_ci", "mr1", "mr1_ci", "arp", "arp_ci", "n_queries"]
+    best = best_row(rows)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(weight_cols + metric_cols + ["best"])
+        for i, row in enumerate(rows):
+            writer.writerow([f"{w:g}" for w in row.weights] + [row.metrics[c] for c in metric_cols]
+                            + [int(i == best)])
+    return path
+
+
+def plot_map(path: Path, rows: Sequence[FusionRow], names: Sequence[str]) -> Path:
+    """MAP against the weight of each extra input (for 3+ inputs: the best MAP over the other
+    weights at each value, one line per input)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for j, name in enumerate(names[1:]):
+        values = sorted({r.weights[j] for r in rows})
+        best_map = [max(r.metrics["map"] for r in rows if r.weights[j] == v) for v in values]
+        ax.plot(values, best_map, marker="o", label=name)
+    b = rows[best_row(rows)]
+    ax.set_xlabel(f"weight (fused = {names[0]} + weight · other)")
+    ax.set_ylabel("MAP")
+    ax.set_title(f"best MAP {b.metrics['map']:.4f} at {', '.join(f'{w:g}' for w in b.weights)}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
