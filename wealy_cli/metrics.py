@@ -97,17 +97,114 @@ def comp(metrics: Metrics) -> float:
     return math.sqrt(max(metrics.arp, 0.0) / 100.0 * max(1.0 - metrics.map, 0.0))
 
 
-# ---------------------------------------------------------------- accumulation by blocks
+# ---------------------------------------------------------------- counting
+
+
+def pad_thresholds(thresholds: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted relevant distances of b queries as a (b, R_max) tensor padded with +inf, and R."""
+    r_count = torch.tensor([len(t) for t in thresholds], dtype=torch.int64)
+    r_max = max(1, int(r_count.max())) if len(thresholds) else 1
+    padded = torch.full((len(thresholds), r_max), math.inf, dtype=torch.float64)
+    valid = torch.arange(r_max)[None, :] < r_count[:, None]
+    if int(r_count.sum()):
+        padded[valid] = torch.from_numpy(np.concatenate([np.asarray(t, np.float64) for t in thresholds]))
+    padded = torch.nan_to_num(padded, nan=math.inf, posinf=math.inf, neginf=-math.inf).sort(dim=1).values
+    return padded, r_count
+
+
+def count_at_or_below(thresholds: torch.Tensor, distances: torch.Tensor, exclude: torch.Tensor | None
+                      ) -> torch.Tensor:
+    """(b, R) counts: candidates of each row, not excluded, with distance ≤ each threshold.
+
+    For every candidate, a binary search finds the first threshold it does not exceed; it
+    counts for that threshold and all larger ones (cumulative histogram). Counts of disjoint
+    candidate sets add up, so a row may be given in pieces (column tiles, several workers)."""
+    b, m = distances.shape
+    r_max = thresholds.shape[1]
+    exact32 = distances.dtype in (torch.float16, torch.bfloat16, torch.float32)
+    d = distances.to(torch.float32 if exact32 else torch.float64)
+    d = torch.nan_to_num(d, nan=math.inf, posinf=math.inf, neginf=-math.inf)
+    first_at = torch.searchsorted(thresholds.to(d.dtype).contiguous(), d.contiguous(), side="left")
+    if exclude is not None:
+        first_at.masked_fill_(exclude, r_max)  # lands in the overflow bin, never counted
+    hist = torch.zeros((b, r_max + 1), dtype=torch.int64)
+    hist.scatter_add_(1, first_at, torch.ones((1, 1), dtype=torch.int64).expand(b, m))
+    return hist.cumsum(1)[:, :r_max]
+
+
+def per_query_metrics(counts: torch.Tensor, r_count: torch.Tensor, n_nonrel: torch.Tensor
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """AP, first relevant rank and RP (%) from the non-relevant counts at each relevant threshold."""
+    r_max = counts.shape[1]
+    k = torch.arange(1, r_max + 1, dtype=torch.float64)[None, :]
+    valid = (k <= r_count[:, None]).to(torch.float64)
+    above = counts.to(torch.float64)
+    position = k + above  # 1-based rank of the k-th relevant candidate
+    ap = ((k / position) * valid).sum(1) / r_count
+    first = position[:, 0].to(torch.int64)
+    rp = (above * valid).sum(1) / r_count / n_nonrel.to(torch.float64).clamp(min=1) * 100.0
+    return ap.numpy(), first.numpy(), rp.numpy()
+
+
+class RankCounter:
+    """Exact ranks from counts, for callers that produce distances tile by tile.
+
+    ``thresholds[q]``: the distances from query q to its relevant candidates (any order);
+    ``n_nonrel[q]``: how many non-relevant candidates q has. ``add`` takes any piece of the
+    query's row with the relevant candidates and the query's own entry excluded. ``counts``
+    is a flat int64 array: summing it over workers gives the counts of the whole matrix."""
+
+    def __init__(self, thresholds: Sequence[np.ndarray], n_nonrel: Sequence[int]) -> None:
+        self.r_count = np.array([len(t) for t in thresholds], dtype=np.int64)
+        self.offsets = np.zeros(len(thresholds) + 1, dtype=np.int64)
+        np.cumsum(self.r_count, out=self.offsets[1:])
+        self.sorted = np.concatenate([np.sort(_nan_last(t))
+                                      for t in thresholds]) if len(thresholds) else np.zeros(0)
+        self.counts = np.zeros(int(self.offsets[-1]), dtype=np.int64)
+        self.n_nonrel = np.asarray(n_nonrel, dtype=np.int64)
+
+    def thresholds(self, query_index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return pad_thresholds([self.sorted[self.offsets[q]:self.offsets[q + 1]] for q in query_index])
+
+    def add(self, query_index: np.ndarray, distances: torch.Tensor, exclude: torch.Tensor | None,
+            thresholds: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        qidx = np.asarray(query_index, dtype=np.int64)
+        padded, r_count = thresholds if thresholds is not None else self.thresholds(qidx)
+        counts = count_at_or_below(padded, distances, exclude)
+        valid = (torch.arange(padded.shape[1])[None, :] < r_count[:, None]).numpy()
+        rows, cols = np.nonzero(valid)
+        np.add.at(self.counts, self.offsets[qidx][rows] + cols, counts.numpy()[rows, cols])
+
+    def result(self, n_skipped: int = 0) -> Metrics:
+        """Metrics of the queries that have ≥ 1 relevant candidate (others are skipped)."""
+        qidx = np.flatnonzero(self.r_count > 0)
+        if not len(qidx):
+            return Metrics.from_per_query(np.zeros(0), np.zeros(0, np.int64), np.zeros(0),
+                                          qidx, n_skipped + len(self.r_count))
+        r_max = int(self.r_count.max())
+        counts = np.zeros((len(qidx), r_max), dtype=np.int64)
+        valid = np.arange(r_max)[None, :] < self.r_count[qidx][:, None]
+        counts[valid] = self.counts
+        ap, first, rp = per_query_metrics(torch.from_numpy(counts), torch.from_numpy(self.r_count[qidx]),
+                                          torch.from_numpy(self.n_nonrel[qidx]))
+        return Metrics.from_per_query(ap, first, rp, qidx, n_skipped + len(self.r_count) - len(qidx))
+
+
+# ---------------------------------------------------------------- accumulation by row blocks
 
 
 class RankAccumulator:
-    """Per-query metrics from distance rows given block by block (any order, any block size)."""
+    """Per-query metrics from whole distance rows given block by block (any order, any size)."""
 
     def __init__(self, query_cliques: Sequence[str], candidate_cliques: Sequence[str],
                  query_keys: Sequence[str] | None = None, candidate_keys: Sequence[str] | None = None,
                  diagonal_is_self: bool = False) -> None:
         self.n_queries = len(query_cliques)
         self.n_candidates = len(candidate_cliques)
+        ids: dict[str, int] = {}
+        self.candidate_ids = torch.tensor([ids.setdefault(str(c), len(ids)) for c in candidate_cliques],
+                                          dtype=torch.int64)
+        self.query_ids = torch.tensor([ids.get(str(c), -1) for c in query_cliques], dtype=torch.int64)
         self.relevant = _relevant_lists(query_cliques, candidate_cliques)
         self.self_index = _self_indices(self.n_queries, self.n_candidates, query_keys, candidate_keys,
                                         diagonal_is_self)
@@ -128,10 +225,18 @@ class RankAccumulator:
         if not keep.any():
             return
         if not keep.all():
-            block = block[torch.as_tensor(keep)]
+            block = block[torch.from_numpy(keep)]
             qidx = qidx[keep]
             rel = [r for r, k in zip(rel, keep) if k]
-        ap, first, rp = _rank_block(block, rel, self.self_index[qidx])
+        thresholds = pad_thresholds([block[i, torch.from_numpy(r)].to(torch.float64).numpy()
+                                     for i, r in enumerate(rel)])
+        exclude = self.query_ids[torch.from_numpy(qidx)][:, None] == self.candidate_ids[None, :]
+        self_idx = self.self_index[qidx]
+        has_self = np.flatnonzero(self_idx >= 0)
+        exclude[torch.from_numpy(has_self), torch.from_numpy(self_idx[has_self])] = True
+        counts = count_at_or_below(thresholds[0], block, exclude)
+        n_nonrel = (~exclude).sum(1)
+        ap, first, rp = per_query_metrics(counts, thresholds[1], n_nonrel)
         self._parts.append((qidx, ap, first, rp))
 
     def per_query(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -169,41 +274,6 @@ def _self_indices(n_q: int, n_c: int, query_keys: Sequence[str] | None,
     return np.full(n_q, -1, dtype=np.int64)
 
 
-def _rank_block(block: torch.Tensor, rel: list[np.ndarray], self_idx: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """AP, first relevant rank and RP (%) of each row; every row has ≥ 1 relevant."""
-    b, n = block.shape
-    # float16/32 are compared in float32 (exact); anything else in float64 (no new ties).
-    exact32 = block.dtype in (torch.float16, torch.bfloat16, torch.float32)
-    d = torch.nan_to_num(block.to(torch.float32 if exact32 else torch.float64), nan=math.inf)
-    r_count = torch.tensor([len(r) for r in rel], dtype=torch.int64)
-    r_max = int(r_count.max())
-    # Sorted relevant distances per row, padded with +inf (the padding never lowers a count).
-    idx = torch.zeros((b, r_max), dtype=torch.int64)
-    valid = torch.arange(r_max)[None, :] < r_count[:, None]
-    idx[valid] = torch.from_numpy(np.concatenate(rel))
-    thresholds = d.gather(1, idx).masked_fill(~valid, math.inf).sort(dim=1).values
-    # For every candidate: the first threshold it does not exceed; it counts for that one and on.
-    first_at = torch.searchsorted(thresholds, d, side="left")
-    hist = torch.zeros((b, r_max + 1), dtype=torch.int64)
-    hist.scatter_add_(1, first_at, torch.ones((1, 1), dtype=torch.int64).expand(b, n))
-    at_or_below = hist.cumsum(1)[:, :r_max]  # candidates with distance ≤ threshold k
-    # Remove the relevant candidates themselves and the query's own entry from those counts.
-    rel_below = torch.searchsorted(thresholds, thresholds, side="right").minimum(r_count[:, None])
-    has_self = torch.from_numpy(self_idx >= 0)
-    self_d = d.gather(1, torch.from_numpy(np.maximum(self_idx, 0))[:, None])
-    self_below = ((self_d <= thresholds) & has_self[:, None]).to(torch.int64)
-    nonrel_above = (at_or_below - rel_below - self_below).to(torch.float64)
-    k = torch.arange(1, r_max + 1, dtype=torch.float64)[None, :]
-    position = k + nonrel_above  # 1-based rank of the k-th relevant candidate
-    validf = valid.to(torch.float64)
-    ap = ((k / position) * validf).sum(1) / r_count
-    first = position[:, 0].to(torch.int64)
-    n_nonrel = (n - r_count - has_self.to(torch.int64)).to(torch.float64)
-    rp = (nonrel_above * validf).sum(1) / r_count / n_nonrel.clamp(min=1) * 100.0
-    return ap.numpy(), first.numpy(), rp.numpy()
-
-
 # ---------------------------------------------------------------- whole matrix
 
 
@@ -223,3 +293,8 @@ def retrieval_metrics(distances: np.ndarray, query_cliques: Sequence[str], candi
         stop = min(start + step, distances.shape[0])
         acc.add(np.arange(start, stop), np.ascontiguousarray(distances[start:stop]))
     return acc.result()
+
+
+def _nan_last(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    return np.where(np.isnan(values), np.inf, values)
