@@ -242,6 +242,9 @@ class _Opaque:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
 
+    def __call__(self, *args: Any, **kwargs: Any) -> "_Opaque":
+        return _Opaque()  # e.g. a function fetched with getattr by the pickle: never run
+
     def __setstate__(self, state: Any) -> None:
         pass
 

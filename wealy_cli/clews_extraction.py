@@ -1,0 +1,212 @@
+"""``wealy extract clews``: CLEWS shingle embeddings of a dataset split into a store.
+
+Each song is decoded to 16 kHz mono (first ``max_seconds``), cut into shingles of
+``shingle_seconds`` every ``hop`` seconds (the official test-time cut: 20 s every 5 s, at most
+600 s), and every shingle is embedded; the store holds one (shingles x zdim) matrix per song.
+Audio is decoded in DataLoader worker processes while the model runs. With ``--gpus N`` (N > 1)
+one process per GPU takes every N-th song and writes its own shards; a file that cannot be
+decoded is recorded as a failure in the store and the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from . import ui
+from .audio import AudioError, load_audio
+from .clews import SAMPLE_RATE, ClewsModel, load_clews, shingle
+from .data import DatasetSplit, Version, load_split
+from .errors import UserError
+from .settings import CreatableDir, DataSettings, ExistingFile
+from .store import StoreWriter
+
+
+class ClewsExtractSettings(DataSettings):
+    section = "extract_clews"
+
+    checkpoint: ExistingFile
+    out: CreatableDir
+    max_seconds: float = Field(600.0, gt=0)
+    hop: float = Field(5.0, gt=0)
+    shingle_seconds: float = Field(20.0, gt=0)
+    batch_size: int = Field(16, ge=1)
+    gpus: int = Field(0, ge=0)
+    workers: int = Field(1, ge=0)
+
+    @model_validator(mode="after")
+    def _shingle_fits(self) -> "ClewsExtractSettings":
+        if self.shingle_seconds > self.max_seconds:
+            raise ValueError(f"--shingle-seconds {self.shingle_seconds} is longer than --max-seconds "
+                             f"{self.max_seconds}")
+        return self
+
+
+@dataclass
+class ExtractReport:
+    stored: int = 0
+    failed: int = 0
+    skipped: int = 0
+    audio_seconds: float = 0.0
+    shingles: int = 0
+    wall_seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def merge(self, other: "ExtractReport") -> None:
+        self.stored += other.stored
+        self.failed += other.failed
+        self.skipped += other.skipped
+        self.audio_seconds += other.audio_seconds
+        self.shingles += other.shingles
+        self.failures += other.failures
+
+
+def file_sha256(path: Path, chunk: int = 2**22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def store_settings(s: ClewsExtractSettings, zdim: int) -> dict[str, object]:
+    """What determines a stored item: a store only ever mixes items made with equal values."""
+    return {"features": "clews", "checkpoint_sha256": file_sha256(s.checkpoint), "zdim": zdim,
+            "sample_rate": SAMPLE_RATE, "shingle_seconds": s.shingle_seconds, "hop": s.hop,
+            "max_seconds": s.max_seconds}
+
+
+# ---------------------------------------------------------------- embedding
+
+
+@torch.inference_mode()
+def embed_song(model: ClewsModel, audio: np.ndarray | torch.Tensor, shingle_seconds: float, hop: float,
+               batch_size: int = 16) -> np.ndarray:
+    """(shingles, zdim) float32 embeddings of one 16 kHz mono signal."""
+    device = next(model.parameters()).device
+    signal = torch.as_tensor(audio, dtype=torch.float32)
+    shingles = shingle(signal, int(round(shingle_seconds * SAMPLE_RATE)), int(round(hop * SAMPLE_RATE)))
+    out = [model(shingles[i:i + batch_size].contiguous().to(device)).float().cpu()
+           for i in range(0, shingles.shape[0], batch_size)]
+    return torch.cat(out).numpy()
+
+
+class _AudioItems(torch.utils.data.Dataset):
+    """Decodes songs in DataLoader workers; an undecodable file yields its error message."""
+
+    def __init__(self, versions: list[Version], max_seconds: float) -> None:
+        self.versions = versions
+        self.max_seconds = max_seconds
+
+    def __len__(self) -> int:
+        return len(self.versions)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str]:
+        path = self.versions[i].path
+        if path is None:
+            return i, None, "no audio path (give --audio-dir)"
+        try:
+            return i, load_audio(path, max_seconds=self.max_seconds), ""
+        except AudioError as err:
+            return i, None, str(err)
+
+
+def _identity(item: object) -> object:
+    return item
+
+
+def _run_part(s: ClewsExtractSettings, versions: list[Version], rank: int, model: ClewsModel,
+              settings: dict[str, object], show_progress: bool) -> ExtractReport:
+    """Embed ``versions`` with ``model`` into the store with writer name ``w<rank>``."""
+    report = ExtractReport()
+    with StoreWriter(s.out, model.config.zdim, writer=f"w{rank}", settings=settings, kind="clews",
+                     shard_items=32) as writer:
+        todo = [v for v in versions if v.key not in writer]
+        report.skipped = len(versions) - len(todo)
+        loader = torch.utils.data.DataLoader(_AudioItems(todo, s.max_seconds), batch_size=None,
+                                             num_workers=s.workers, collate_fn=_identity)
+        with ui.progress() as bar:
+            task = bar.add_task("CLEWS embeddings", total=len(todo), status="", visible=show_progress)
+            for i, audio, error in loader:
+                version = todo[i]
+                if audio is None:
+                    writer.fail(version.key, error, path=str(version.path))
+                    report.failed += 1
+                    report.failures.append((version.key, error))
+                else:
+                    z = embed_song(model, audio, s.shingle_seconds, s.hop, s.batch_size)
+                    seconds = audio.shape[0] / SAMPLE_RATE
+                    writer.add(version.key, z, clique=version.clique, version=version.version,
+                               seconds=round(seconds, 3), shingles=int(z.shape[0]))
+                    report.stored += 1
+                    report.shingles += int(z.shape[0])
+                    report.audio_seconds += seconds
+                bar.update(task, advance=1, status=f"{report.failed} failed")
+    return report
+
+
+def _worker(rank: int, s: ClewsExtractSettings, versions: list[Version], settings: dict[str, object],
+            gpus: int, queue) -> None:  # noqa: ANN001 - a multiprocessing queue
+    model = load_clews(s.checkpoint, device=f"cuda:{rank}")
+    queue.put((rank, _run_part(s, versions[rank::gpus], rank, model, settings, show_progress=rank == 0)))
+
+
+def _run_gpus(s: ClewsExtractSettings, versions: list[Version], settings: dict[str, object]) -> ExtractReport:
+    """One spawned process per GPU; a process that dies is reported instead of waited for."""
+    import queue as queue_module
+
+    ctx = torch.multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(r, s, versions, settings, s.gpus, results))
+             for r in range(s.gpus)]
+    for p in procs:
+        p.start()
+    report, done = ExtractReport(), 0
+    while done < len(procs):
+        try:
+            report.merge(results.get(timeout=5)[1])
+            done += 1
+        except queue_module.Empty:
+            dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
+            if dead:
+                for p in procs:
+                    p.terminate()
+                raise RuntimeError(f"GPU worker(s) {dead} failed; finished shards are kept, run again to resume")
+    for p in procs:
+        p.join()
+    return report
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def split_for(s: ClewsExtractSettings) -> DatasetSplit:
+    split = load_split(s.dataset, s.split, s.metadata, s.audio_dir)
+    if s.dataset != "csv" and s.audio_dir is None:
+        raise UserError(f"--audio-dir is needed to find the audio of dataset {s.dataset!r}")
+    return split
+
+
+def run_extraction(s: ClewsExtractSettings) -> ExtractReport:
+    """Embed every version of the split; resume skips versions already in the store."""
+    start = time.time()
+    split = split_for(s)
+    if s.gpus and s.gpus > torch.cuda.device_count():
+        raise UserError(f"--gpus {s.gpus}: only {torch.cuda.device_count()} CUDA device(s) available")
+    model = load_clews(s.checkpoint)  # checks the checkpoint before any worker starts
+    settings = store_settings(s, model.config.zdim)
+    if s.gpus <= 1:
+        model = model.to("cuda:0" if s.gpus == 1 else "cpu")
+        report = _run_part(s, split.versions, 0, model, settings, show_progress=True)
+    else:
+        del model  # each GPU process loads its own copy
+        report = _run_gpus(s, split.versions, settings)
+    report.wall_seconds = time.time() - start
+    return report
