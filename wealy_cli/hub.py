@@ -174,7 +174,8 @@ def download(name: str, revision: str | None = None, force: bool = False, cache_
     except hf_errors.RevisionNotFoundError as err:
         raise MissingModelError(f"model '{name}': revision '{revision}' not found in {repo_id}") from err
     except (hf_errors.LocalEntryNotFoundError, hf_errors.HfHubHTTPError, OSError) as err:
-        cause = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        detail = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        cause = f"the Hub cannot be reached: {detail}"
         raise MissingModelError(_missing_message(name, repo_id, revision, cache_dir, cause)) from err
     if not _model_files(path):
         raise UserError(f"model '{name}': {repo_id} holds no .ckpt or .safetensors file")
