@@ -20,8 +20,8 @@ The ranks are computed per block of queries without sorting whole rows: sort onl
 relevant distances of a query, then for every candidate find (binary search) how many
 relevant thresholds it is below; a cumulative histogram gives, for each relevant candidate,
 how many candidates are at or below its distance. Cost O(n log R) per query.
-:class:`RankAccumulator` takes row blocks as they are produced, so a caller never has to
-hold a full matrix (see ``retrieval.py``).
+:class:`RankAccumulator` takes row blocks as they are produced; ``retrieval.py`` feeds
+``count_at_or_below`` tile by tile so that no full matrix is ever held.
 """
 
 from __future__ import annotations
@@ -146,50 +146,6 @@ def per_query_metrics(counts: torch.Tensor, r_count: torch.Tensor, n_nonrel: tor
     return ap.numpy(), first.numpy(), rp.numpy()
 
 
-class RankCounter:
-    """Exact ranks from counts, for callers that produce distances tile by tile.
-
-    ``thresholds[q]``: the distances from query q to its relevant candidates (any order);
-    ``n_nonrel[q]``: how many non-relevant candidates q has. ``add`` takes any piece of the
-    query's row with the relevant candidates and the query's own entry excluded. ``counts``
-    is a flat int64 array: summing it over workers gives the counts of the whole matrix."""
-
-    def __init__(self, thresholds: Sequence[np.ndarray], n_nonrel: Sequence[int]) -> None:
-        self.r_count = np.array([len(t) for t in thresholds], dtype=np.int64)
-        self.offsets = np.zeros(len(thresholds) + 1, dtype=np.int64)
-        np.cumsum(self.r_count, out=self.offsets[1:])
-        self.sorted = np.concatenate([np.sort(_nan_last(t))
-                                      for t in thresholds]) if len(thresholds) else np.zeros(0)
-        self.counts = np.zeros(int(self.offsets[-1]), dtype=np.int64)
-        self.n_nonrel = np.asarray(n_nonrel, dtype=np.int64)
-
-    def thresholds(self, query_index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return pad_thresholds([self.sorted[self.offsets[q]:self.offsets[q + 1]] for q in query_index])
-
-    def add(self, query_index: np.ndarray, distances: torch.Tensor, exclude: torch.Tensor | None,
-            thresholds: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        qidx = np.asarray(query_index, dtype=np.int64)
-        padded, r_count = thresholds if thresholds is not None else self.thresholds(qidx)
-        counts = count_at_or_below(padded, distances, exclude)
-        valid = (torch.arange(padded.shape[1])[None, :] < r_count[:, None]).numpy()
-        rows, cols = np.nonzero(valid)
-        np.add.at(self.counts, self.offsets[qidx][rows] + cols, counts.numpy()[rows, cols])
-
-    def result(self, n_skipped: int = 0) -> Metrics:
-        """Metrics of the queries that have ≥ 1 relevant candidate (others are skipped)."""
-        qidx = np.flatnonzero(self.r_count > 0)
-        if not len(qidx):
-            return Metrics.from_per_query(np.zeros(0), np.zeros(0, np.int64), np.zeros(0),
-                                          qidx, n_skipped + len(self.r_count))
-        r_max = int(self.r_count.max())
-        counts = np.zeros((len(qidx), r_max), dtype=np.int64)
-        valid = np.arange(r_max)[None, :] < self.r_count[qidx][:, None]
-        counts[valid] = self.counts
-        ap, first, rp = per_query_metrics(torch.from_numpy(counts), torch.from_numpy(self.r_count[qidx]),
-                                          torch.from_numpy(self.n_nonrel[qidx]))
-        return Metrics.from_per_query(ap, first, rp, qidx, n_skipped + len(self.r_count) - len(qidx))
-
-
 # ---------------------------------------------------------------- accumulation by row blocks
 
 
@@ -294,7 +250,3 @@ def retrieval_metrics(distances: np.ndarray, query_cliques: Sequence[str], candi
         acc.add(np.arange(start, stop), np.ascontiguousarray(distances[start:stop]))
     return acc.result()
 
-
-def _nan_last(values: np.ndarray) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64)
-    return np.where(np.isnan(values), np.inf, values)

@@ -1,0 +1,139 @@
+"""Chunking, blocked song distances and tiled all-against-all metrics against dense references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_store
+from wealy_cli.metrics import retrieval_metrics
+from wealy_cli.retrieval import (EmbedOptions, SongSet, all_against_all, chunk_spans, dense_distances,
+                                 embed_chunks)
+from wealy_cli.store import Store, StoreWriter
+
+
+def test_chunk_spans_by_hand():
+    assert chunk_spans(0) == []
+    assert chunk_spans(100) == [(0, 100)]
+    assert chunk_spans(1500) == [(0, 1500)]
+    assert chunk_spans(1650) == [(0, 1500), (150, 1650)]
+    assert chunk_spans(1700) == [(0, 1500), (150, 1650), (200, 1700)]  # tail-aligned last chunk
+    assert chunk_spans(10, chunk=4, overlap=0.5) == [(0, 4), (2, 6), (4, 8), (6, 10)]
+    assert chunk_spans(11, chunk=4, overlap=0.5)[-1] == (7, 11)
+    with pytest.raises(ValueError):
+        chunk_spans(10, chunk=4, overlap=1.0)
+
+
+def random_songs(rng, n, max_chunks, dim=16, clique_max=6):
+    cliques, c = [], 0
+    while len(cliques) < n:
+        cliques += [f"c{c}"] * int(rng.integers(2, clique_max + 1))
+        c += 1
+    cliques = list(rng.permutation(cliques[:n]))
+    emb = [rng.standard_normal((int(rng.integers(1, max_chunks + 1)), dim)) for _ in range(n)]
+    return [e / np.linalg.norm(e, axis=1, keepdims=True) for e in emb], cliques
+
+
+def dense_reference(emb, topk):
+    """Every chunk pair of every song pair in float64, sorted; mean of the k smallest."""
+    n = len(emb)
+    out = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            d = np.sort((1 - emb[i] @ emb[j].T).ravel())
+            out[i, j] = d[:topk].mean()
+    return out
+
+
+@pytest.mark.parametrize("topk", [1, 3])
+@pytest.mark.parametrize("max_chunks", [1, 5])
+def test_blocked_distances_equal_dense(topk, max_chunks):
+    rng = np.random.default_rng(topk * 10 + max_chunks)
+    emb, cliques = random_songs(rng, 90, max_chunks)
+    songs = SongSet([e.astype(np.float32) for e in emb], cliques, tile_rows=24)
+    assert len(songs.tiles) > 3
+    np.testing.assert_allclose(dense_distances(songs, topk), dense_reference(emb, topk), atol=2e-6)
+
+
+def reference_metrics(dist, cliques):
+    aps, firsts, rps = [], [], []
+    n = len(cliques)
+    for i in range(n):
+        cand = np.array([j for j in range(n) if j != i])
+        rel = np.array([cliques[j] == cliques[i] for j in cand])
+        order = np.lexsort((cand, rel.astype(int), dist[i, cand]))
+        hits = np.flatnonzero(rel[order]) + 1
+        aps.append(np.mean(np.arange(1, len(hits) + 1) / hits))
+        firsts.append(hits[0])
+        rps.append(100 * np.mean((hits - np.arange(1, len(hits) + 1)) / (len(cand) - rel.sum())))
+    return np.array(aps), np.array(firsts), np.array(rps)
+
+
+@pytest.mark.parametrize("topk,max_chunks", [(1, 1), (1, 4), (3, 4)])
+def test_tiled_metrics_equal_dense_reference(topk, max_chunks):
+    rng = np.random.default_rng(7 + topk + max_chunks)
+    emb, cliques = random_songs(rng, 150, max_chunks, clique_max=12)
+    # Make it a retrieval problem: versions share a clique direction.
+    centre = {c: rng.standard_normal(16) for c in set(cliques)}
+    emb = [e + 0.2 * centre[c] for e, c in zip(emb, cliques)]
+    emb = [e / np.linalg.norm(e, axis=1, keepdims=True) for e in emb]
+    songs = SongSet([e.astype(np.float32) for e in emb], cliques, tile_rows=32)
+    m = all_against_all(songs, topk)
+    ap, first, rp = reference_metrics(dense_reference(emb, topk), cliques)
+    assert 0.05 < ap.mean() < 0.95  # neither trivial nor hopeless
+    np.testing.assert_allclose(m.ap, ap, atol=1e-12)
+    np.testing.assert_array_equal(m.first_rank, first)
+    np.testing.assert_allclose(m.rp, rp, atol=1e-9)
+    assert m.map == pytest.approx(ap.mean()) and m.n_queries == 150
+
+
+def test_workers_sum_to_the_single_worker_result():
+    rng = np.random.default_rng(3)
+    emb, cliques = random_songs(rng, 120, 3, clique_max=9)
+    songs = SongSet([e.astype(np.float32) for e in emb], cliques, tile_rows=20)
+    single = all_against_all(songs, 3)
+    flats = []
+    for rank in range(3):  # each "worker" keeps its partial counts; the reduce sums them
+        all_against_all(songs, 3, rank, 3, reduce=lambda x: flats.append(x.clone()) or x)
+    total = torch.stack(flats).sum(0)
+    merged = all_against_all(songs, 3, 0, 3, reduce=lambda x: total)
+    np.testing.assert_array_equal(merged.ap, single.ap)
+    np.testing.assert_array_equal(merged.rp, single.rp)
+    assert merged.to_dict() == single.to_dict()
+
+
+def test_tiled_metrics_match_retrieval_metrics_on_the_dense_matrix():
+    rng = np.random.default_rng(11)
+    emb, cliques = random_songs(rng, 200, 2, clique_max=20)
+    songs = SongSet([e.astype(np.float32) for e in emb], cliques, tile_rows=50)
+    dense = dense_distances(songs, 2)
+    a = all_against_all(songs, 2)
+    b = retrieval_metrics(dense, cliques, cliques)
+    np.testing.assert_allclose(a.ap, b.ap, atol=1e-12)
+    np.testing.assert_array_equal(a.first_rank, b.first_rank)
+
+
+def test_embed_chunks_matches_direct_model_calls_and_resumes(tmp_path):
+    from wealy_cli.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(input_channels=8, hidden_dim=16, zdim=8, num_transformer_blocks=1,
+                                    num_heads=2, ff_dim=32, dropout=0.0)).eval()
+    rng = np.random.default_rng(0)
+    items = {f"a/{i}": rng.standard_normal((n, 8)).astype(np.float16) for i, n in enumerate([5, 12, 23, 40])}
+    features = Store(make_store(tmp_path / "feat", items, 8))
+    opts = EmbedOptions(chunk=10, overlap=0.5, batch_size=3)
+    with StoreWriter(tmp_path / "cache", 8, settings={"t": 1}, kind="chunk-embeddings") as cache:
+        assert embed_chunks(model, features, list(items), cache, opts) == []
+    cache = Store(tmp_path / "cache")
+    for key, x in items.items():
+        spans = chunk_spans(len(x), 10, 0.5)
+        with torch.no_grad():
+            want = [torch.nn.functional.normalize(model(torch.from_numpy(x[a:b].astype(np.float32))[None]), dim=-1)[0]
+                    for a, b in spans]
+        np.testing.assert_allclose(cache[key].astype(np.float32), torch.stack(want).numpy(), atol=2e-3)
+    shards = sorted(p.name for p in (tmp_path / "cache" / "shards").iterdir())
+    with StoreWriter(tmp_path / "cache", 8, settings={"t": 1}, kind="chunk-embeddings") as again:
+        embed_chunks(model, features, list(items), again, opts)  # all cached: nothing written
+    assert sorted(p.name for p in (tmp_path / "cache" / "shards").iterdir()) == shards

@@ -1,0 +1,333 @@
+"""Chunk embeddings of songs and song-to-song distances computed tile by tile.
+
+A song's feature matrix (rows × d_in) is cut into overlapping chunks (DESIGN §6: 1500 rows,
+overlap 0.9 → stride 150, plus a final tail-aligned chunk so the end is never dropped); each
+chunk is embedded by the model and L2-normalised. The distance between two songs is the mean
+of the k smallest chunk-pair cosine distances (``topk`` 1 = 1 − the largest cosine).
+
+All-against-all evaluation never holds a chunk × chunk (or song × song) matrix: songs are
+sorted by chunk count and clique size and cut into tiles; each pair of tiles (I ≤ J) gives
+one small distance block that is used twice (rows of I, and transposed, rows of J) — the
+matrix is symmetric, so only half of the products are computed. For each tile row the block
+adds, per relevant threshold, how many non-relevant candidates are at or below it
+(``metrics.count_at_or_below``); the counts are integers, so any split of the tile pairs (over
+workers, in any order) sums to exactly the same result.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import ui
+from .errors import UserError
+from .metrics import Metrics, count_at_or_below, pad_thresholds, per_query_metrics
+from .store import Store, StoreWriter
+
+TILE_ROWS = 2048  # chunk rows per tile: the block of one tile pair is at most 2048² values
+
+
+# ---------------------------------------------------------------- chunks
+
+
+def chunk_spans(n_rows: int, chunk: int = 1500, overlap: float = 0.9) -> list[tuple[int, int]]:
+    """(start, stop) row spans of overlapping chunks; the last chunk is aligned to the end.
+
+    A sequence no longer than ``chunk`` gives one (shorter, masked) chunk; an empty one none."""
+    if chunk < 1 or not 0.0 <= overlap < 1.0:
+        raise ValueError(f"chunk must be ≥ 1 and overlap in [0, 1), got {chunk}, {overlap}")
+    if n_rows <= 0:
+        return []
+    if n_rows <= chunk:
+        return [(0, n_rows)]
+    stride = max(1, round(chunk * (1.0 - overlap)))
+    spans = [(s, s + chunk) for s in range(0, n_rows - chunk + 1, stride)]
+    if spans[-1][1] < n_rows:
+        spans.append((n_rows - chunk, n_rows))
+    return spans
+
+
+@dataclass
+class EmbedOptions:
+    chunk: int = 1500
+    overlap: float = 0.9
+    batch_size: int = 32  # chunks per model call
+    device: str = "cpu"
+
+
+@torch.no_grad()
+def embed_chunks(model: torch.nn.Module, features: Store, keys: Sequence[str], cache: StoreWriter,
+                 opts: EmbedOptions, label: str = "embedding chunks") -> list[str]:
+    """Embed every chunk of every key not yet in ``cache``; returns keys that had no rows."""
+    model.eval()
+    todo = [k for k in keys if k not in cache]
+    empty: list[str] = []
+    pending: list[tuple[str, int]] = []  # (key, number of chunks) waiting for the batch
+    chunks: list[torch.Tensor] = []
+    with ui.progress() as bar:
+        task = bar.add_task(label, total=len(todo), status=f"{len(keys) - len(todo)} cached")
+        for key in todo:
+            rows = torch.from_numpy(np.asarray(features[key], dtype=np.float32))
+            spans = chunk_spans(rows.shape[0], opts.chunk, opts.overlap)
+            if not spans:
+                empty.append(key)
+                cache.fail(key, "no feature rows")
+                bar.advance(task)
+                continue
+            pending.append((key, len(spans)))
+            chunks.extend(rows[a:b] for a, b in spans)
+            if len(chunks) >= opts.batch_size:
+                _flush(model, pending, chunks, cache, opts)
+                bar.advance(task, len(pending))
+                pending, chunks = [], []
+        if pending:
+            _flush(model, pending, chunks, cache, opts)
+            bar.advance(task, len(pending))
+    return empty
+
+
+def _flush(model: torch.nn.Module, pending: list[tuple[str, int]], chunks: list[torch.Tensor],
+           cache: StoreWriter, opts: EmbedOptions) -> None:
+    z = torch.cat([_embed(model, chunks[i:i + opts.batch_size], opts.device)
+                   for i in range(0, len(chunks), opts.batch_size)])
+    start = 0
+    for key, n in pending:
+        cache.add(key, z[start:start + n].numpy())
+        start += n
+
+
+def _embed(model: torch.nn.Module, chunks: list[torch.Tensor], device: str) -> torch.Tensor:
+    longest = max(c.shape[0] for c in chunks)
+    x = torch.zeros(len(chunks), longest, chunks[0].shape[1])
+    mask = torch.zeros(len(chunks), longest, dtype=torch.bool)
+    for i, c in enumerate(chunks):
+        x[i, :c.shape[0]] = c
+        mask[i, :c.shape[0]] = True
+    z = model(x.to(device), mask.to(device)).float().cpu()
+    return F.normalize(z, dim=-1)
+
+
+# ---------------------------------------------------------------- songs in tiles
+
+
+@dataclass
+class Tile:
+    """Songs ``index`` (positions in the song list) as padded chunk embeddings."""
+
+    index: np.ndarray  # (a,)
+    chunks: torch.Tensor  # (a, C, d), zero rows where not valid
+    valid: torch.Tensor  # (a, C) bool
+    n_chunks: torch.Tensor  # (a,)
+    clique_ids: torch.Tensor  # (a,)
+
+
+class SongSet:
+    """L2-normalised chunk embeddings of songs, with their cliques, cut into tiles."""
+
+    def __init__(self, embeddings: Sequence[np.ndarray], cliques: Sequence[str], tile_rows: int = TILE_ROWS):
+        if len(embeddings) != len(cliques):
+            raise ValueError("one clique per song is needed")
+        self.n = len(embeddings)
+        self.cliques = [str(c) for c in cliques]
+        ids: dict[str, int] = {}
+        self.clique_ids = np.array([ids.setdefault(c, len(ids)) for c in self.cliques], dtype=np.int64)
+        self.clique_size = np.bincount(self.clique_ids, minlength=len(ids))[self.clique_ids]
+        self.n_chunks = np.array([len(e) for e in embeddings], dtype=np.int64)
+        if self.n and self.n_chunks.min() < 1:
+            raise ValueError("every song needs at least one chunk embedding")
+        # Similar songs together: little padding, and tiles whose rows have similar R.
+        self.order = np.lexsort((self.clique_ids, self.clique_size, self.n_chunks))
+        self.tiles = list(self._make_tiles(embeddings, tile_rows))
+
+    def _make_tiles(self, embeddings: Sequence[np.ndarray], tile_rows: int) -> Iterator[Tile]:
+        start = 0
+        while start < self.n:
+            width = int(self.n_chunks[self.order[start]])
+            stop = start + 1
+            # Grow the tile while the padded chunk rows stay within budget.
+            while stop < self.n and (stop - start + 1) * max(width, int(self.n_chunks[self.order[stop]])) <= tile_rows:
+                width = max(width, int(self.n_chunks[self.order[stop]]))
+                stop += 1
+            index = self.order[start:stop]
+            dim = np.asarray(embeddings[index[0]]).shape[1]
+            chunks = torch.zeros((len(index), width, dim), dtype=torch.float32)
+            for row, song in enumerate(index):
+                e = torch.from_numpy(np.asarray(embeddings[song], dtype=np.float32))
+                chunks[row, :len(e)] = F.normalize(e, dim=-1)  # fp16 storage → renormalise in fp32
+            n_chunks = torch.from_numpy(self.n_chunks[index])
+            valid = torch.arange(width)[None, :] < n_chunks[:, None]
+            yield Tile(index, chunks, valid, n_chunks, torch.from_numpy(self.clique_ids[index]))
+            start = stop
+
+    def tile_pairs(self) -> list[tuple[int, int]]:
+        return [(i, j) for i in range(len(self.tiles)) for j in range(i, len(self.tiles))]
+
+
+def song_distances(a: Tile, b: Tile, topk: int) -> torch.Tensor:
+    """(len(a), len(b)) float32: 1 − mean of the k largest chunk-pair cosines of each song pair."""
+    if a.chunks.shape[1] == 1 and b.chunks.shape[1] == 1:
+        return 1.0 - a.chunks[:, 0] @ b.chunks[:, 0].T
+    na, ca, d = a.chunks.shape
+    nb, cb, _ = b.chunks.shape
+    sims = (a.chunks.reshape(na * ca, d) @ b.chunks.reshape(nb * cb, d).T)
+    sims = sims.view(na, ca, nb, cb).permute(0, 2, 1, 3).reshape(na, nb, ca * cb)
+    pair_valid = (a.valid[:, None, :, None] & b.valid[None, :, None, :]).reshape(na, nb, ca * cb)
+    sims = sims.masked_fill(~pair_valid, -math.inf)
+    k = min(topk, ca * cb)
+    if k == 1:
+        return 1.0 - sims.max(dim=2).values
+    best = sims.topk(k, dim=2).values
+    n_pairs = (a.n_chunks[:, None] * b.n_chunks[None, :]).clamp(max=topk).to(torch.float32)
+    return 1.0 - best.masked_fill(torch.isinf(best), 0.0).sum(2) / n_pairs
+
+
+def dense_distances(songs: SongSet, topk: int, label: str = "distances") -> np.ndarray:
+    """The full (n, n) float32 song distance matrix in the original song order."""
+    out = np.zeros((songs.n, songs.n), dtype=np.float32)
+    pairs = songs.tile_pairs()
+    with ui.progress() as bar:
+        task = bar.add_task(label, total=len(pairs), status="")
+        for i, j in pairs:
+            a, b = songs.tiles[i], songs.tiles[j]
+            block = song_distances(a, b, topk).numpy()
+            out[np.ix_(a.index, b.index)] = block
+            if i != j:
+                out[np.ix_(b.index, a.index)] = block.T
+            bar.advance(task)
+    return out
+
+
+# ---------------------------------------------------------------- all-against-all metrics
+
+
+class TileCounts:
+    """Relevant thresholds and non-relevant counts of every tile's rows (see module doc)."""
+
+    def __init__(self, songs: SongSet, topk: int) -> None:
+        self.songs = songs
+        relevant = _relevant_distances(songs, topk)
+        self.thresholds: list[torch.Tensor] = []
+        self.r_count: list[torch.Tensor] = []
+        self.counts: list[torch.Tensor] = []
+        for tile in songs.tiles:
+            padded, r = pad_thresholds([relevant[s] for s in tile.index])
+            self.thresholds.append(padded.to(torch.float32))
+            self.r_count.append(r)
+            self.counts.append(torch.zeros(padded.shape, dtype=torch.int64))
+
+    def add_pair(self, i: int, j: int, topk: int) -> None:
+        a, b = self.songs.tiles[i], self.songs.tiles[j]
+        block = song_distances(a, b, topk)
+        same = a.clique_ids[:, None] == b.clique_ids[None, :]  # relevant or the song itself
+        self.counts[i] += count_at_or_below(self.thresholds[i], block, same)
+        if i != j:
+            self.counts[j] += count_at_or_below(self.thresholds[j], block.T.contiguous(), same.T.contiguous())
+
+    def flat(self) -> torch.Tensor:
+        """All counts as one vector (to sum over workers)."""
+        return torch.cat([c.flatten() for c in self.counts])
+
+    def load_flat(self, flat: torch.Tensor) -> None:
+        start = 0
+        for c in self.counts:
+            c.copy_(flat[start:start + c.numel()].view_as(c))
+            start += c.numel()
+
+    def result(self) -> Metrics:
+        parts = []
+        for tile, counts, r in zip(self.songs.tiles, self.counts, self.r_count):
+            keep = r > 0
+            if not keep.any():
+                continue
+            n_nonrel = torch.from_numpy(self.songs.n - self.songs.clique_size[tile.index])[keep]
+            ap, first, rp = per_query_metrics(counts[keep], r[keep], n_nonrel)
+            parts.append((tile.index[keep.numpy()], ap, first, rp))
+        skipped = int((self.songs.clique_size < 2).sum())
+        if not parts:
+            return Metrics.from_per_query(np.zeros(0), np.zeros(0, np.int64), np.zeros(0), None, skipped)
+        qidx, ap, first, rp = (np.concatenate(p) for p in zip(*parts))
+        return Metrics.from_per_query(ap, first, rp, qidx, skipped)
+
+
+def _relevant_distances(songs: SongSet, topk: int) -> list[np.ndarray]:
+    """For each song, its distances to the other songs of its clique (computed per clique)."""
+    out: list[np.ndarray] = [np.zeros(0, np.float32)] * songs.n
+    members: dict[int, list[int]] = {}
+    for s in songs.order:  # tile order, so a clique's members are gathered once
+        members.setdefault(int(songs.clique_ids[s]), []).append(int(s))
+    where = {int(s): (t, r) for t, tile in enumerate(songs.tiles) for r, s in enumerate(tile.index)}
+    for group in members.values():
+        if len(group) < 2:
+            continue
+        sub = _sub_tile(songs, group, where)
+        d = song_distances(sub, sub, topk).numpy()
+        for row, s in enumerate(group):
+            out[s] = np.delete(d[row], row)
+    return out
+
+
+def _sub_tile(songs: SongSet, group: list[int], where: dict[int, tuple[int, int]]) -> Tile:
+    width = int(songs.n_chunks[group].max())
+    dim = songs.tiles[0].chunks.shape[2]
+    chunks = torch.zeros((len(group), width, dim))
+    for row, s in enumerate(group):
+        t, r = where[s]
+        n = int(songs.n_chunks[s])
+        chunks[row, :n] = songs.tiles[t].chunks[r, :n]
+    n_chunks = torch.from_numpy(songs.n_chunks[group])
+    return Tile(np.asarray(group), chunks, torch.arange(width)[None, :] < n_chunks[:, None], n_chunks,
+                torch.from_numpy(songs.clique_ids[group]))
+
+
+def all_against_all(songs: SongSet, topk: int, rank: int = 0, world: int = 1,
+                    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    label: str = "ranking") -> Metrics:
+    """Exact MAP/MR1/ARP of all songs against all; this worker does tile pairs rank::world and
+    ``reduce`` sums the flat counts over workers (e.g. ``fabric.all_reduce(x, reduce_op="sum")``)."""
+    if topk < 1:
+        raise UserError(f"--topk must be ≥ 1, got {topk}")
+    counts = TileCounts(songs, topk)
+    pairs = songs.tile_pairs()[rank::world]
+    with ui.progress() as bar:
+        task = bar.add_task(label, total=len(pairs), status=f"{songs.n} songs, {len(songs.tiles)} tiles")
+        for i, j in pairs:
+            counts.add_pair(i, j, topk)
+            bar.advance(task)
+    if reduce is not None and world > 1:
+        counts.load_flat(reduce(counts.flat()))
+    return counts.result()
+
+
+def load_songs(cache: Store, keys: Sequence[str], cliques: Sequence[str], tile_rows: int = TILE_ROWS) -> SongSet:
+    """Chunk embeddings of ``keys`` from a cache store."""
+    missing = [k for k in keys if k not in cache]
+    if missing:
+        raise UserError(f"{cache.directory}: {len(missing)} songs have no chunk embeddings (e.g. {missing[0]!r})")
+    return SongSet([cache[k] for k in keys], cliques, tile_rows)
+
+
+def summary(songs: SongSet) -> dict[str, Any]:
+    return {"songs": songs.n, "chunks": int(songs.n_chunks.sum()), "tiles": len(songs.tiles),
+            "tile pairs": len(songs.tile_pairs())}
+
+
+def memory_needed(n_queries: int, n_candidates: int) -> int:
+    """Bytes of a dense float32 distance matrix."""
+    return 4 * n_queries * n_candidates
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (Linux MemAvailable), else a conservative 4 GiB."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 2**30
