@@ -216,9 +216,8 @@ def modified_ideal_distances(cliques: Sequence[str], valid: np.ndarray, seed: in
 
 def modified_random_distances(cliques: Sequence[str], valid: np.ndarray, seed: int = 42) -> np.ndarray:
     valid = np.asarray(valid, bool)
-    d = random_distances(len(cliques), seed) + 1.0
-    d[_same_clique(cliques) & valid[:, None] & valid[None, :]] -= 1.0
-    return d
+    matched = _same_clique(cliques) & valid[:, None] & valid[None, :]
+    return random_distances(len(cliques), seed) + np.where(matched, 0.0, 1.0).astype(np.float32)
 
 
 # ---------------------------------------------------------------- dispatch

@@ -9,8 +9,9 @@ transcriptions are real lyrics. A transcription is *valid* when all of these hol
 2. annotations ("[Music]", "(instrumental)", "♪", the bare words music/instrumental/applause)
    and vocal syllables ("la", "na-na", "ooh", "mmm", ...) make up at most ``max_filler_share``
    (50 %) of all words;
-3. no single bigram or trigram of content words makes up more than ``max_ngram_share`` (40 %) of
-   all bigrams or trigrams (a repeated-phrase loop).
+3. the occurrences of the most frequent bigram or trigram of content words cover at most
+   ``max_ngram_share`` (50 %) of the content words (more is a repeated-phrase loop, e.g.
+   "thank you thank you ..."; a chorus repeated in real lyrics covers far less).
 
 The original research code also required five ASCII letters, which rejects every lyric in a
 non-Latin script; that rule is deliberately absent. Words are Unicode word runs; in scripts
@@ -38,7 +39,7 @@ _SYLLABLES = re.compile(r"(?:la|na|da|du|doo|ba|pa|sha|dum|oo+|o+h+|a+h+|u+h+|m+
 class ValidityRules:
     min_words: int = 10
     max_filler_share: float = 0.5
-    max_ngram_share: float = 0.4
+    max_ngram_share: float = 0.5
 
 
 def clean(text: str) -> str:
@@ -68,8 +69,8 @@ def invalid_reason(text: str, rules: ValidityRules = ValidityRules()) -> str | N
     for n in (2, 3):
         grams = list(zip(*(content[i:] for i in range(n))))
         gram, count = Counter(grams).most_common(1)[0]
-        if count / len(grams) > rules.max_ngram_share:
-            return f"repeated {n}-gram {' '.join(gram)!r} is {count} of {len(grams)}"
+        if count * n / len(content) > rules.max_ngram_share:
+            return f"repeated {n}-gram {' '.join(gram)!r} ({count}×) covers {count * n} of {len(content)} words"
     return None
 
 
