@@ -1,0 +1,495 @@
+"""Contrastive training of the WEALY model on a feature store, with Lightning Fabric.
+
+Sampling. An epoch visits every training version once, in an order drawn from (seed, epoch).
+Each visit is an *item*: the version plus ``per_clique - 1`` other versions of its clique, each
+a random crop of ``chunk`` rows (shorter sequences are zero-padded and masked). A global batch
+is ``batch_size × devices`` consecutive items; device r takes the r-th slice. Every draw
+(order, companions, crops) comes from a generator seeded by (seed, epoch, position), so a run is
+reproducible, and 1 device with batch 2B sees exactly the batches of 2 devices with batch B.
+
+Gather. With ``gather`` on, each device all-gathers the embeddings of the global batch, puts
+its own (with gradient) in its slot, and computes the loss of the whole global batch. That is
+the single-process loss; backpropagating ``world_size × loss`` makes the DDP-averaged gradient
+equal to the single-process gradient (each device contributes the part through its own rows).
+
+Schedule (per epoch, as in the paper): linear warm-up to ``lr`` over ``warmup_epochs``, then
+cosine decay to 0 at ``max_epochs``; training stops when the lr falls below ``min_lr``.
+
+Run directory::
+
+    settings.yaml          resolved settings (written by the command)
+    metrics.csv            one row per epoch (epoch 0 = validation before training)
+    last.safetensors/.config.json, best.* (best validation MAP)
+    state.pt               model, optimizer, epoch, best metric, history: for --resume
+
+Checkpoints are written to a temporary name, fsynced and renamed; ``state.pt`` is written last,
+so after a kill the run resumes from the last complete epoch. Dropout RNGs are reseeded from
+(seed, epoch, rank) at each epoch start, so a resumed run draws what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from . import ui
+from .data import DatasetSplit
+from .errors import UserError
+from .losses import LossConfig, make_loss
+from .metrics import Metrics, comp, retrieval_metrics
+from .model import ModelConfig, atomic_replace, build_model, save_weights
+from .store import Store
+
+STATE = "state.pt"
+METRICS = "metrics.csv"
+
+
+@dataclass
+class TrainOptions:
+    output: Path
+    model: ModelConfig
+    loss: LossConfig = field(default_factory=LossConfig)
+    per_clique: int = 2
+    batch_size: int = 64
+    chunk: int = 1500
+    max_epochs: int = 1000
+    lr: float = 1e-4
+    weight_decay: float = 1e-3
+    warmup_epochs: int = 50
+    min_lr: float = 1e-6
+    grad_clip: float = 1.0
+    gather: bool = True
+    devices: int = 1
+    accelerator: str = "auto"
+    precision: str = "auto"
+    workers: int = 0
+    seed: int = 42
+    patience: int = 0
+    time_limit: float = 0.0
+    limit_batches: int = 0
+    resume: bool = False
+
+
+@dataclass
+class TrainResult:
+    epochs: int
+    best_epoch: int
+    best_map: float
+    stop_reason: str
+    history: list[dict[str, float]]
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Item:
+    keys: tuple[str, ...]
+    labels: tuple[int, ...]
+    ids: tuple[int, ...]
+    seed: int
+
+
+def plan_epoch(split: DatasetSplit, per_clique: int, seed: int, epoch: int) -> list[Item]:
+    """Every version once (shuffled), each with ``per_clique - 1`` other versions of its clique."""
+    versions = split.versions
+    clique_ids = {c: i for i, c in enumerate(sorted({v.clique for v in versions}))}
+    members: dict[str, list[int]] = {}
+    for i, v in enumerate(versions):
+        members.setdefault(v.clique, []).append(i)
+    rng = np.random.default_rng([seed, epoch])
+    items = []
+    for pos, i in enumerate(rng.permutation(len(versions))):
+        others = [j for j in members[versions[i].clique] if j != i]
+        picks = rng.choice(others, size=min(per_clique - 1, len(others)), replace=False)
+        chosen = [int(i), *map(int, picks)]
+        items.append(Item(tuple(versions[j].key for j in chosen),
+                          tuple(clique_ids[versions[j].clique] for j in chosen),
+                          tuple(chosen), seed * 1_000_003 + epoch * 100_003 + pos))
+    return items
+
+
+class CropDataset(Dataset):
+    """Items → random ``chunk``-row crops read from the store (only those rows are read)."""
+
+    def __init__(self, store: Store, items: list[Item], chunk: int) -> None:
+        self.store, self.items, self.chunk = store, items, chunk
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[list[np.ndarray], list[int], list[int]]:
+        item = self.items[index]
+        rng = np.random.default_rng(item.seed)
+        rows = []
+        for key in item.keys:
+            n = self.store.rows(key)
+            start = int(rng.integers(0, n - self.chunk + 1)) if n > self.chunk else 0
+            rows.append(self.store.read(key, start, start + self.chunk))
+        return rows, list(item.labels), list(item.ids)
+
+
+class FirstChunkDataset(Dataset):
+    """Validation: the first ``chunk`` rows of each version."""
+
+    def __init__(self, store: Store, keys: list[str], chunk: int) -> None:
+        self.store, self.keys, self.chunk = store, keys, chunk
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int) -> tuple[list[np.ndarray], list[int], list[int]]:
+        return [self.store.read(self.keys[index], 0, self.chunk)], [0], [index]
+
+
+def collate(batch: list[tuple[list[np.ndarray], list[int], list[int]]]) -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence (at least one row): x (N, T, d) float32, mask (N, T)."""
+    seqs = [s for rows, _, _ in batch for s in rows]
+    T = max(1, max(len(s) for s in seqs))
+    x = torch.zeros(len(seqs), T, seqs[0].shape[1])
+    mask = torch.zeros(len(seqs), T, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        x[i, : len(s)] = torch.from_numpy(np.asarray(s, dtype=np.float32))
+        mask[i, : len(s)] = True
+    labels = torch.tensor([l for _, ls, _ in batch for l in ls])
+    ids = torch.tensor([i for _, _, ids in batch for i in ids])
+    return {"x": x, "mask": mask, "labels": labels, "ids": ids}
+
+
+def rank_batches(items: list[Item], batch_size: int, world: int, rank: int, limit: int = 0) -> list[Item]:
+    """This rank's items of every complete global batch, in order."""
+    per_global = batch_size * world
+    n_batches = len(items) // per_global
+    if limit:
+        n_batches = min(n_batches, limit)
+    return [it for b in range(n_batches)
+            for it in items[b * per_global + rank * batch_size: b * per_global + (rank + 1) * batch_size]]
+
+
+# ---------------------------------------------------------------- schedule
+
+
+def lr_at(epoch: int, opts: TrainOptions) -> float:
+    """Learning rate of 0-based ``epoch``: linear warm-up, then cosine to 0 at max_epochs."""
+    if epoch < opts.warmup_epochs:
+        return opts.lr * (epoch + 1) / opts.warmup_epochs
+    span = max(1, opts.max_epochs - opts.warmup_epochs)
+    return opts.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch - opts.warmup_epochs) / span)))
+
+
+# ---------------------------------------------------------------- distributed helpers
+
+
+def gather_batch(fabric: Any, z: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Global-batch embeddings: gathered (detached) rows of the other devices, own rows with grad."""
+    world = fabric.world_size
+    if world == 1:
+        return z, labels, ids
+    all_z = fabric.all_gather(z.detach())
+    parts = [z if r == fabric.global_rank else all_z[r] for r in range(world)]
+    return torch.cat(parts), fabric.all_gather(labels).flatten(), fabric.all_gather(ids).flatten()
+
+
+@torch.no_grad()
+def embed_validation(fabric: Any, model: torch.nn.Module, store: Store, keys: list[str], chunk: int,
+                     batch: int, workers: int) -> np.ndarray:
+    """L2-normalised embeddings of the first chunk of every key (sharded over devices)."""
+    world, rank = fabric.world_size, fabric.global_rank
+    mine = list(range(rank, len(keys), world))
+    loader = DataLoader(FirstChunkDataset(store, [keys[i] for i in mine], chunk), batch_size=batch,
+                        collate_fn=collate, num_workers=workers)
+    model.eval()
+    out = []
+    for b in loader:
+        with fabric.autocast():
+            z = model(fabric.to_device(b["x"]), fabric.to_device(b["mask"]))
+        out.append(torch.nn.functional.normalize(z.float(), dim=-1))
+    zdim = _plain(model).cfg.zdim
+    local = torch.cat(out) if out else torch.zeros(0, zdim, device=fabric.device)
+    if world == 1:
+        return local.cpu().numpy()
+    size = math.ceil(len(keys) / world)
+    padded = torch.zeros(size, zdim, device=local.device)
+    padded[: len(local)] = local
+    gathered = fabric.all_gather(padded).cpu().numpy()  # (world, size, zdim)
+    result = np.zeros((len(keys), zdim), np.float32)
+    for r in range(world):
+        n_r = len(range(r, len(keys), world))
+        result[r::world] = gathered[r, :n_r]
+    return result
+
+
+def _plain(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+def validate(embeddings: np.ndarray, split: DatasetSplit) -> Metrics:
+    distances = 1.0 - embeddings @ embeddings.T
+    return retrieval_metrics(distances, split.cliques, split.cliques, split.keys, split.keys)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(buffer.getvalue())
+    atomic_replace(tmp, path)
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged or foreign file: the user's to fix
+        raise UserError(f"{path}: cannot read training state ({type(err).__name__}: {err})") from err
+
+
+def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
+    columns = list(dict.fromkeys(k for row in history for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns)
+    writer.writeheader()
+    writer.writerows(history)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    atomic_replace(tmp, path)
+
+
+class _TensorBoard:
+    """Scalars to TensorBoard when the tensorboard package is installed; otherwise nothing."""
+
+    def __init__(self, directory: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.writer = None
+        else:
+            self.writer = SummaryWriter(str(directory / "tensorboard"))
+
+    def log(self, row: dict[str, float]) -> None:
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(key, value, int(row["epoch"]))
+            self.writer.flush()
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _precision(opts: TrainOptions, accelerator: str) -> str:
+    if opts.precision == "auto":
+        return "bf16-mixed" if accelerator == "cuda" else "32-true"
+    return {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}.get(opts.precision, opts.precision)
+
+
+def make_fabric(opts: TrainOptions) -> Any:
+    from lightning.fabric import Fabric
+
+    accelerator = opts.accelerator
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    if accelerator == "gpu":
+        accelerator = "cuda"
+    if accelerator == "cuda" and not torch.cuda.is_available():
+        raise UserError("--accelerator gpu: no CUDA device is available (use --accelerator cpu)")
+    strategy = "ddp" if opts.devices > 1 else "auto"
+    return Fabric(accelerator=accelerator, devices=opts.devices, strategy=strategy,
+                  precision=_precision(opts, accelerator))
+
+
+def check_splits(train: DatasetSplit, val: DatasetSplit, opts: TrainOptions) -> None:
+    need = opts.batch_size * opts.devices
+    if len(train) < need:
+        raise UserError(f"train split has {len(train)} versions in the store, fewer than one global batch "
+                        f"(--batch-size {opts.batch_size} × --gpus {opts.devices}); lower --batch-size")
+    if len(val) < 2:
+        raise UserError("val split has fewer than 2 versions in the store (need cliques with ≥ 2 versions)")
+    if opts.per_clique < 2:
+        raise UserError(f"--per-clique must be ≥ 2 (an anchor needs a positive), got {opts.per_clique}")
+    if opts.chunk < 1 or opts.batch_size < 1 or opts.max_epochs < 1:
+        raise UserError("--chunk, --batch-size and --max-epochs must be positive")
+
+
+def train(opts: TrainOptions, store: Store, train_split: DatasetSplit, val_split: DatasetSplit) -> TrainResult:
+    """Run (or resume) training; returns what happened. Works on 1 or N devices."""
+    check_splits(train_split, val_split, opts)
+    out = Path(opts.output)
+    state_path = out / STATE
+    if state_path.exists() and not opts.resume:
+        raise UserError(f"{out}: holds a training run already; pass --resume to continue it or use another --output")
+    state = read_state(state_path) if opts.resume and state_path.exists() else None
+    if state is not None and state["model_config"] != opts.model.to_dict():
+        raise UserError(f"{state_path}: saved model config differs from the current options; "
+                        f"resume with the same model settings")
+
+    fabric = make_fabric(opts)
+    fabric.launch()
+    fabric.seed_everything(opts.seed, verbose=False)
+    model = build_model(opts.model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    history: list[dict[str, float]] = []
+    start_epoch, best_map, best_epoch, bad_epochs, step = 0, -1.0, -1, 0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        best_map, best_epoch, bad_epochs = float(state["best_map"]), int(state["best_epoch"]), int(state["bad_epochs"])
+        history = [dict(row) for row in state["history"]]
+        best_map, best_epoch = _reconcile_best(out, best_map, best_epoch)
+    model, optimizer = fabric.setup(model, optimizer)
+    loss_fn = make_loss(opts.loss)
+    world, rank = fabric.world_size, fabric.global_rank
+    is_main = rank == 0
+    tensorboard = _TensorBoard(out) if is_main else None
+    val_batch = opts.batch_size * opts.per_clique
+    started = time.monotonic()
+
+    def over_time() -> bool:
+        if opts.time_limit <= 0:
+            return False
+        # Rank 0 decides, so that every device stops at the same step.
+        return bool(fabric.broadcast(time.monotonic() - started > opts.time_limit * 60, src=0))
+
+    def save(epoch: int, row: dict[str, float], improved: bool) -> None:
+        if is_main:
+            extra = {"epoch": epoch, "step": step, "val_map": row.get("val_map"), "best_map": best_map}
+            if improved:
+                save_weights(out / "best", model, opts.model, extra)
+            save_weights(out / "last", model, opts.model, extra)
+            write_state(state_path, {
+                "epoch": epoch, "step": step, "best_map": best_map, "best_epoch": best_epoch,
+                "bad_epochs": bad_epochs, "model": {k: v.detach().cpu() for k, v in _plain(model).state_dict().items()},
+                "optimizer": optimizer.state_dict(), "scheduler": {"last_epoch": epoch, "lr": row.get("lr", 0.0)},
+                "model_config": opts.model.to_dict(), "history": history, "world_size": world,
+            })
+            write_metrics_csv(out / METRICS, history)
+            tensorboard.log(row)
+        fabric.barrier()
+
+    if state is None:  # epoch 0: how the untrained model does
+        if is_main:
+            out.mkdir(parents=True, exist_ok=True)
+        metrics = validate(embed_validation(fabric, model, store, val_split.keys, opts.chunk, val_batch, opts.workers),
+                           val_split)
+        row = {"epoch": 0, "step": 0, **_metric_row(metrics)}
+        history.append(row)
+        best_map, best_epoch = row["val_map"], 0
+        save(0, row, improved=True)
+        _report(row, is_main)
+
+    stop_reason = "max epochs"
+    epoch = start_epoch
+    while epoch < opts.max_epochs:
+        lr = lr_at(epoch, opts)
+        if epoch >= opts.warmup_epochs and lr < opts.min_lr:
+            stop_reason = "lr below min_lr"
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(opts.seed * 7919 + epoch * 104729 + rank)  # dropout draws of this epoch
+        items = rank_batches(plan_epoch(train_split, opts.per_clique, opts.seed, epoch), opts.batch_size, world,
+                             rank, opts.limit_batches)
+        loader = DataLoader(CropDataset(store, items, opts.chunk), batch_size=opts.batch_size, collate_fn=collate,
+                            num_workers=opts.workers, shuffle=False)
+        model.train()
+        losses, samples, t0 = [], 0, time.monotonic()
+        interrupted = False
+        with ui.progress(transient=True) if is_main else contextlib.nullcontext() as progress:
+            task = progress.add_task(f"epoch {epoch + 1}/{opts.max_epochs}", total=len(loader), status="") \
+                if progress is not None else None
+            for batch in loader:
+                batch = fabric.to_device(batch)
+                with fabric.autocast():
+                    z = model(batch["x"], batch["mask"])
+                if opts.gather:
+                    z, labels, ids = gather_batch(fabric, z, batch["labels"], batch["ids"])
+                    loss = loss_fn(z, labels, ids)
+                    fabric.backward(loss * world)
+                else:
+                    loss = loss_fn(z, batch["labels"], batch["ids"])
+                    fabric.backward(loss)
+                if opts.grad_clip > 0:
+                    fabric.clip_gradients(model, optimizer, max_norm=opts.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                mean_loss = fabric.all_reduce(loss.detach(), reduce_op="mean") if not opts.gather else loss.detach()
+                losses.append(float(mean_loss))
+                samples += len(batch["x"]) * world
+                if task is not None:
+                    rate = samples / max(time.monotonic() - t0, 1e-9)
+                    progress.update(task, advance=1, status=f"loss {losses[-1]:.4f} lr {lr:.2e} {rate:.1f} samples/s")
+                if over_time():
+                    interrupted = True
+                    break
+        if interrupted:
+            stop_reason = "time limit (partial epoch discarded)"
+            break
+        seconds = time.monotonic() - t0
+        metrics = validate(embed_validation(fabric, model, store, val_split.keys, opts.chunk, val_batch, opts.workers),
+                           val_split)
+        epoch += 1
+        row = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+               "lr": lr, "samples_per_s": samples / max(seconds, 1e-9), "epoch_seconds": seconds,
+               **_metric_row(metrics)}
+        history.append(row)
+        improved = row["val_map"] > best_map
+        if improved:
+            best_map, best_epoch, bad_epochs = row["val_map"], epoch, 0
+        else:
+            bad_epochs += 1
+        save(epoch, row, improved)
+        _report(row, is_main)
+        if opts.patience and bad_epochs >= opts.patience:
+            stop_reason = f"no improvement for {opts.patience} epochs"
+            break
+        if over_time():
+            stop_reason = "time limit"
+            break
+    return TrainResult(epoch, best_epoch, best_map, stop_reason, history)
+
+
+def _reconcile_best(out: Path, best_map: float, best_epoch: int) -> tuple[float, int]:
+    """A kill after writing best.* but before state.pt leaves a best file newer than the state:
+    keep the metric that the best file really holds."""
+    config = out / "best.config.json"
+    try:
+        meta = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return best_map, best_epoch
+    if meta.get("val_map") is not None and float(meta["val_map"]) > best_map:
+        return float(meta["val_map"]), int(meta.get("epoch", best_epoch))
+    return best_map, best_epoch
+
+
+def _metric_row(metrics: Metrics) -> dict[str, float]:
+    return {"val_map": metrics.map, "val_mr1": metrics.mr1, "val_arp": metrics.arp, "val_comp": comp(metrics)}
+
+
+def _report(row: dict[str, float], is_main: bool) -> None:
+    if is_main and not ui.is_quiet():
+        loss = f"loss {row['train_loss']:.4f}  " if "train_loss" in row else ""
+        ui.console.print(f"epoch {int(row['epoch'])}: {loss}val MAP {row['val_map']:.4f}  "
+                         f"MR1 {row['val_mr1']:.2f}  ARP {row['val_arp']:.2f}", highlight=False)
+
+
+def iter_rows(path: Path) -> Iterator[dict[str, str]]:
+    """Rows of a metrics.csv (for inspection and tests)."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        yield from csv.DictReader(fh)
