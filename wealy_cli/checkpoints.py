@@ -142,6 +142,8 @@ def load_checkpoint(path: Path, trust_pickle: bool = False) -> Any:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint file not found")
+    if not _looks_like_torch_save(path):
+        raise UserError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)")
     safe, unsafe = _split_globals(_named_globals(path))
     if unsafe and not trust_pickle:
         raise _refusal(path, unsafe)
@@ -151,9 +153,8 @@ def load_checkpoint(path: Path, trust_pickle: bool = False) -> Any:
                 return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             if not trust_pickle:
-                if "invalid load key" in str(err) or "magic number" in str(err):
-                    raise UserError(f"{path}: not a PyTorch checkpoint ({err})") from err
-                raise _refusal(path, [], str(err).splitlines()[0]) from err
+                reason = re.search(r"WeightsUnpickler error: (.*)", str(err))
+                raise _refusal(path, [], reason.group(1) if reason else str(err).splitlines()[0]) from err
         except (RuntimeError, EOFError, OSError) as err:
             raise UserError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
     try:  # the user vouched for the file
@@ -163,6 +164,13 @@ def load_checkpoint(path: Path, trust_pickle: bool = False) -> Any:
                         "not installed") from err
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, AttributeError) as err:
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
+
+
+def _looks_like_torch_save(path: Path) -> bool:
+    """A zip archive (torch.save since 1.6) or a pickle stream (the legacy format)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    return head.startswith(b"PK") or head[:1] == b"\x80"
 
 
 def _is_state_dict(obj: Any) -> bool:

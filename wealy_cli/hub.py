@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import huggingface_hub
+from huggingface_hub import constants as hf_constants
 from huggingface_hub import errors as hf_errors
 
 from .checkpoints import import_checkpoint, read_original_config
@@ -122,11 +123,11 @@ def models_dir() -> Path:
 
 
 def hub_cache_dir(cache_dir: Path | None = None) -> Path:
-    return Path(cache_dir) if cache_dir else Path(huggingface_hub.constants.HF_HUB_CACHE)
+    return Path(cache_dir) if cache_dir else Path(hf_constants.HF_HUB_CACHE)
 
 
 def is_offline() -> bool:
-    return bool(huggingface_hub.is_offline_mode())
+    return bool(hf_constants.HF_HUB_OFFLINE)
 
 
 # ---------------------------------------------------------------- cache and download
@@ -156,15 +157,15 @@ def _missing_message(name: str, repo_id: str, revision: str | None, cache_dir: P
 
 
 def download(name: str, revision: str | None = None, force: bool = False, cache_dir: Path | None = None) -> Path:
-    """The model's snapshot directory, fetched from the Hub unless cached (or ``force``)."""
+    """The model's snapshot directory, fetched from the Hub unless cached (or ``force``; offline,
+    ``force`` takes the cached snapshot, so that ``resolve_model`` imports it again)."""
     repo_id = repo_id_for(name)
-    if not force:
+    if not force or is_offline():  # offline, --force can only re-import what is cached
         cached = cached_snapshot(repo_id, revision, cache_dir)
         if cached is not None:
             return cached
     if is_offline():
-        cause = "HF_HUB_OFFLINE is set" + ("; --force needs the network" if force else "")
-        raise MissingModelError(_missing_message(name, repo_id, revision, cache_dir, cause))
+        raise MissingModelError(_missing_message(name, repo_id, revision, cache_dir, "HF_HUB_OFFLINE is set"))
     try:
         path = Path(huggingface_hub.snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
                                                       force_download=force, allow_patterns=_PATTERNS))
