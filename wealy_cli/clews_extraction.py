@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from . import ui
 from .audio import AudioError, load_audio
@@ -41,12 +41,13 @@ class ClewsExtractSettings(DataSettings):
     gpus: int = Field(0, ge=0)
     workers: int = Field(1, ge=0)
 
-    @model_validator(mode="after")
-    def _shingle_fits(self) -> "ClewsExtractSettings":
-        if self.shingle_seconds > self.max_seconds:
-            raise ValueError(f"--shingle-seconds {self.shingle_seconds} is longer than --max-seconds "
-                             f"{self.max_seconds}")
-        return self
+    @field_validator("shingle_seconds")
+    @classmethod
+    def _shingle_fits(cls, value: float, info: ValidationInfo) -> float:
+        limit = info.data.get("max_seconds")
+        if limit is not None and value > limit:
+            raise ValueError(f"a shingle is longer than --max-seconds {limit}")
+        return value
 
 
 @dataclass

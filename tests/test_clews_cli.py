@@ -1,0 +1,124 @@
+"""`wealy extract clews` end to end: a real (small) checkpoint in the official layout, real audio
+files, the real CLI process, a real store; then song distances from that store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, run_wealy
+from wealy_cli.audio import load_audio
+from wealy_cli.clews import ClewsConfig, ClewsModel, load_clews
+from wealy_cli.clews_distances import clews_song_distances
+from wealy_cli.clews_extraction import ClewsExtractSettings, run_extraction
+from wealy_cli.errors import UserError
+from wealy_cli.settings import load_settings
+from wealy_cli.store import Store
+
+AUDIO = REPO / "tests" / "data" / "audio"
+ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def tiny_checkpoint(path: Path) -> Path:
+    torch.manual_seed(0)
+    model = ClewsModel(ClewsConfig(frontend_channels=(4, 8), blocks=(1, 1, 1, 1), channels=(8, 16, 32, 64), zdim=16))
+    for p in model.parameters():
+        if p.ndim:
+            torch.nn.init.normal_(p, std=0.2)
+    with torch.no_grad():
+        for block in model.backbone:
+            block.gain.fill_(0.5)  # the published init is 0 (skip path only); exercise both paths
+    torch.save({"model": model.state_dict(), "epoch": 1}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("clews")
+    listing = tmp / "songs.csv"
+    listing.write_text("clique,version,path\n"
+                       f"a,1,{AUDIO / 'tiny.wav'}\n"       # 0.1 s: shorter than one shingle
+                       f"a,2,{AUDIO / 'silence.mp3'}\n"    # 20 s: exactly one shingle
+                       f"b,1,{AUDIO / 'long.mp3'}\n"       # 38 s, capped at 30 s by --max-seconds
+                       f"b,2,{AUDIO / 'text.mp3'}\n")      # not audio
+    ckpt = tiny_checkpoint(tmp / "checkpoint_best.ckpt")
+    out = tmp / "store"
+    args = ("extract", "clews", "--checkpoint", ckpt, "--dataset", "csv", "--metadata", listing,
+            "--out", out, "--max-seconds", "30", "--batch-size", "2", "--workers", "1")
+    first = run_wealy(*args, env=ENV)
+    # resume, in this process (saves a second interpreter start): nothing is left to do
+    second = run_extraction(load_settings(ClewsExtractSettings, checkpoint=ckpt, dataset="csv", metadata=listing,
+                                          out=out, max_seconds=30, workers=0))
+    return ckpt, out, first, second
+
+
+def test_extract_writes_one_matrix_per_song(extracted):
+    ckpt, out, first, _ = extracted
+    assert first.returncode == 0, first.stderr
+    store = Store(out)
+    assert sorted(store.keys()) == ["a/1", "a/2", "b/1"]
+    assert store.dim == 16
+    assert store.rows("a/1") == 1
+    assert store.rows("a/2") == 1
+    assert store.rows("b/1") == 3  # 30 s: 1 + ceil((30 - 20) / 5)
+    assert store.failures()["b/2"]["reason"].startswith("cannot decode audio")
+    assert store.attrs("b/1")["shingles"] == 3 and store.attrs("b/1")["clique"] == "b"
+    assert (out / "extract_clews.yaml").is_file()
+
+
+def test_stored_embeddings_match_the_model_on_hand_cut_shingles(extracted):
+    ckpt, out, _, _ = extracted
+    store = Store(out)
+    model = load_clews(ckpt)
+    sr = 16000
+    tiny = load_audio(AUDIO / "tiny.wav")
+    tiled = np.tile(tiny, 20 * sr // len(tiny) + 1)[: 20 * sr]  # repeat padding, cut by hand
+    long = load_audio(AUDIO / "long.mp3", max_seconds=30)
+    assert len(long) == 30 * sr
+    long_shingles = [long[0:20 * sr], long[5 * sr:25 * sr], long[10 * sr:30 * sr]]
+    with torch.inference_mode():
+        ref_tiny = model(torch.from_numpy(tiled[None])).numpy()
+        ref_long = model(torch.from_numpy(np.stack(long_shingles))).numpy()
+    np.testing.assert_allclose(store["a/1"].astype(np.float32), ref_tiny, rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(store["b/1"].astype(np.float32), ref_long, rtol=2e-3, atol=2e-3)
+
+
+def test_resume_skips_stored_songs(extracted):
+    _, out, first, second = extracted
+    assert "stored" in first.stdout and "failed" in first.stdout
+    assert (second.stored, second.skipped, second.failed) == (0, 3, 1)  # the bad file is tried again
+    assert len(Store(out)) == 3
+
+
+def test_distances_from_the_extracted_store(extracted):
+    _, out, _, _ = extracted
+    store = Store(out)
+    keys = sorted(store.keys())
+    dist = clews_song_distances(store, keys, keys, redux="bpwr-5", block=3)
+    arrays = [store[k].astype(np.float64) for k in keys]
+    for i, a in enumerate(arrays):
+        for j, b in enumerate(arrays):
+            d = ((a[:, None] - b[None]) ** 2).sum(-1) / a.shape[1]
+            # these songs have at most 3 shingles: with 1 shingle on a side, bpwr is the min
+            if min(d.shape) == 1:
+                assert dist[i, j] == pytest.approx(d.min(), rel=1e-4, abs=1e-6)
+    assert np.allclose(np.diag(dist), 0, atol=1e-6)
+
+
+def test_bad_checkpoint_and_options_are_user_errors(tmp_path: Path):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    listing = tmp_path / "s.csv"
+    listing.write_text(f"clique,version,path\na,1,{AUDIO / 'fox.mp3'}\na,2,{AUDIO / 'fire.ogg'}\n")
+    r = run_wealy("extract", "clews", "--checkpoint", junk, "--dataset", "csv", "--metadata", listing,
+                  "--out", tmp_path / "o", env=ENV)
+    assert r.returncode == 2 and "junk.ckpt" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(UserError, match="--hop"):
+        load_settings(ClewsExtractSettings, checkpoint=junk, dataset="csv", metadata=listing, out=tmp_path / "o",
+                      hop=0)
+    with pytest.raises(UserError, match="--shingle-seconds"):
+        load_settings(ClewsExtractSettings, checkpoint=junk, dataset="csv", metadata=listing, out=tmp_path / "o",
+                      max_seconds=10)
