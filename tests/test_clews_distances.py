@@ -102,3 +102,35 @@ def test_unknown_key_is_a_user_error(tmp_path: Path):
     store = Store(make_store(tmp_path / "s", {"a/1": np.ones((2, 4), np.float16)}, 4))
     with pytest.raises(UserError, match="b/9"):
         clews_song_distances(store, ["a/1"], ["b/9"])
+
+
+def test_distance_matrix_of_a_split(tmp_path: Path):
+    from wealy_cli.clews_distances import clews_distance_matrix
+    from wealy_cli.data import load_split
+    from wealy_cli.metrics import retrieval_metrics
+    from wealy_cli.store import StoreWriter
+
+    rng = np.random.default_rng(2)
+    motifs = {c: rng.normal(size=(1, 6)) for c in "abc"}
+    items = {}
+    for clique in "abc":
+        for version, n in (("1", 2), ("2", 3)):
+            noise = rng.normal(size=(n, 6))
+            noise[0] = motifs[clique]  # every version of a clique shares one shingle exactly
+            items[f"{clique}/{version}"] = noise.astype(np.float16)
+    items["d/1"] = rng.normal(size=(2, 6)).astype(np.float16)  # a clique of one: dropped by the split
+    with StoreWriter(tmp_path / "store", 6, kind="clews") as writer:
+        for key, array in items.items():
+            writer.add(key, array)
+    listing = tmp_path / "split.csv"
+    listing.write_text("clique,version,path\n" + "".join(f"{k.split('/')[0]},{k.split('/')[1]},x.mp3\n"
+                                                          for k in items))
+    split = load_split("csv", "test", listing)
+    m = clews_distance_matrix(Store(tmp_path / "store"), split, redux="min", block=2)
+    assert m.query_keys == m.candidate_keys == ["a/1", "a/2", "b/1", "b/2", "c/1", "c/2"]
+    assert m.query_cliques == ["a", "a", "b", "b", "c", "c"]
+    np.testing.assert_allclose(m.distances, dense_reference(items, m.query_keys, m.query_keys, "min"), atol=1e-6)
+    metrics = retrieval_metrics(m.distances, m.query_cliques, m.candidate_cliques, m.query_keys, m.candidate_keys)
+    assert metrics.map == pytest.approx(1.0)  # the shared shingle puts the other version first
+    with pytest.raises(UserError, match="not a CLEWS store"):
+        clews_distance_matrix(Store(make_store(tmp_path / "plain", items, 6)), split)

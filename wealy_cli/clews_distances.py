@@ -24,7 +24,9 @@ import numpy as np
 import torch
 
 from . import ui
+from .data import DatasetSplit
 from .errors import UserError
+from .matrixfile import DistanceMatrix
 from .store import Store
 
 REDUCTIONS = ("bpwr-5", "bpwr-10", "min", "mean")
@@ -149,3 +151,23 @@ def clews_song_distances(
                 out[q0:q0 + len(qkeys), c0:c0 + len(ckeys)] = red.cpu().numpy()
             bar.advance(task, len(qkeys))
     return out
+
+
+def clews_distance_matrix(store: Store, split: DatasetSplit, redux: str = "bpwr-5", block: int = 32,
+                          device: str | torch.device = "cpu") -> DistanceMatrix:
+    """All-against-all matrix of the split's versions that are in the store (queries = candidates),
+    ready for ``write_matrix`` and ``retrieval_metrics``."""
+    if store.manifest.get("kind") != "clews":
+        raise UserError(f"{store.directory}: not a CLEWS store (kind {store.manifest.get('kind')!r}); "
+                        "make one with 'wealy extract clews'")
+    kept = split.restrict(store.keys())
+    if not kept.versions:
+        raise UserError(f"{store.directory}: no version of {split.name}/{split.split} with >= 2 stored versions "
+                        "per clique")
+    keys = kept.keys
+    cliques = [v.clique for v in kept.versions]
+    dist = clews_song_distances(store, keys, keys, redux=redux, block=block, device=device)
+    meta = {"features": "clews", "redux": redux, "distance": "normalised squared euclidean per shingle pair",
+            "dataset": split.name, "split": split.split, "store": str(store.directory),
+            "store_settings": store.settings}
+    return DistanceMatrix(dist, keys, keys, cliques, cliques, meta)
