@@ -182,3 +182,16 @@ def test_shingles_are_embedded_independently_of_the_batch():
     assert together.shape == (3, 24)
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(together[0], together[1])
+
+
+def test_cqt_front_end_puts_a_tone_in_its_semitone_bin():
+    model = ClewsModel(TINY).eval()
+    t = torch.arange(20 * 16000) / 16000
+    tones = torch.stack([torch.sin(2 * math.pi * f * t) for f in (440.0, 110.0, 1760.0)])
+    with torch.inference_mode():
+        spec = model.spectrogram(tones)
+    # 84 bins from C1 = 32.70 Hz, 12 per octave; 20 ms hop pooled by 5 → 10 frames per second
+    assert spec.shape == (3, 1, 84, 200)
+    peaks = spec[:, 0, :, 20:180].mean(-1).argmax(-1).tolist()
+    expected = [round(12 * math.log2(f / 32.70)) for f in (440.0, 110.0, 1760.0)]
+    assert peaks == expected == [45, 21, 69]
