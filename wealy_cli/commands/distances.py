@@ -1,10 +1,72 @@
-"""``wealy distances``: write the distance matrix of a split."""
+"""``wealy distances``: the all-against-all distance matrix of a split, with version references."""
 
 from __future__ import annotations
 
-from ..errors import NotYetAvailable
+from pathlib import Path
+from typing import Literal
+
+import typer
+
+from .. import ui
+from ..errors import UserError
+from ..evaluation import EvalOptions, write_distances
+from ..matrixfile import SUFFIXES
+from ..settings import CreatableDir, DataSettings, ExistingDir, ExistingPath, load_settings, write_resolved
 
 
-def distances() -> None:
-    """Write the distance matrix of a split (not available yet)."""
-    raise NotYetAvailable("'wealy distances' is not available in this release yet (tracked in issue 5)")
+class DistancesSettings(DataSettings):
+    section = "distances"
+    store: ExistingDir
+    output: Path
+    checkpoint: ExistingPath | None = None
+    model: str | None = None
+    format: Literal["npz", "hdf5", "pickle"] | None = None
+    cache: CreatableDir | None = None
+    chunk: int = 1500
+    overlap: float = 0.9
+    topk: int = 1
+    batch_size: int = 32
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+
+
+def distances(
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="Run directory (uses best), .safetensors file or "
+                                    "checkpoint name of a trained model."),
+    model: str = typer.Option(None, "--model", help="Published model name instead of --checkpoint."),
+    store: Path = typer.Option(None, "--store", help="Feature store of the split. [required]"),
+    output: Path = typer.Option(None, "--output", "-o", help="Matrix file: .npz, .h5 or .pkl. [required]"),
+    format_: str = typer.Option(None, "--format", help="npz or hdf5 (safe), or pickle (the original tools' "
+                                "layout). [default: from the --output suffix]"),
+    dataset: str = typer.Option(None, "--dataset", help="shs, lyric-covers, discogs-vi or csv. [default: shs]"),
+    split: str = typer.Option(None, "--split", help="train, val or test. [default: test]"),
+    metadata: Path = typer.Option(None, "--metadata", help="Split files (bundled for shs and lyric-covers)."),
+    cache: Path = typer.Option(None, "--cache", help="Folder of chunk-embedding caches. "
+                               "[default: the output file's folder/cache]"),
+    chunk: int = typer.Option(None, "--chunk", help="Rows per chunk. [default: 1500]"),
+    overlap: float = typer.Option(None, "--overlap", help="Overlap of consecutive chunks, in [0, 1). [default: 0.9]"),
+    topk: int = typer.Option(None, "--topk", help="Mean of the k smallest chunk-pair cosine distances. [default: 1]"),
+    batch_size: int = typer.Option(None, "--batch-size", help="Chunks per model call. [default: 32]"),
+    accelerator: str = typer.Option(None, "--accelerator", help="auto, cpu or gpu. [default: auto]"),
+    config: Path = typer.Option(None, "--config", help="YAML settings file."),
+) -> None:
+    """Write the distance matrix of a split (rows = queries, columns = candidates, same versions),
+    with query and candidate references (clique, version) and metadata."""
+    settings = load_settings(DistancesSettings, config, checkpoint=checkpoint, model=model, store=store,
+                             output=output, format=format_, dataset=dataset, split=split, metadata=metadata,
+                             cache=cache, chunk=chunk, overlap=overlap, topk=topk, batch_size=batch_size,
+                             accelerator=accelerator)
+    path = settings.output
+    by_suffix = SUFFIXES.get(path.suffix.lower())
+    fmt = settings.format or by_suffix
+    if fmt is None:
+        raise UserError(f"--output {path}: unknown suffix {path.suffix!r}; use .npz, .h5 or .pkl, or give --format")
+    if by_suffix is not None and settings.format is not None and by_suffix != settings.format:
+        raise UserError(f"--output {path}: suffix {path.suffix!r} does not match --format {settings.format}")
+    opts = EvalOptions(store=settings.store, output=path.parent, checkpoint=settings.checkpoint,
+                       model=settings.model, dataset=settings.dataset, split=settings.split,
+                       metadata=settings.metadata, audio_dir=settings.audio_dir, chunk=settings.chunk,
+                       overlap=settings.overlap, topk=settings.topk, batch_size=settings.batch_size,
+                       cache=settings.cache, accelerator=settings.accelerator)
+    written, shape = write_distances(opts, path, fmt)
+    write_resolved(settings, path.parent, name=f"{path.name}.settings.yaml")
+    ui.console.print(f"wrote {written} ({fmt}, {shape[0]}×{shape[1]})", highlight=False)

@@ -1,0 +1,258 @@
+"""The ``evaluate`` and ``distances`` workflows: model → chunk embeddings → distances → metrics.
+
+    feature store ──(model, chunks)──► chunk-embedding cache (a store; resumable)
+                  ──(tiles)──► exact MAP/MR1/ARP        (evaluate: results.json, per_query.csv)
+                  ──(tiles)──► dense distance matrix    (distances: .npz / .h5 / .pkl)
+
+The cache lives in ``<cache>/<hash>``, the hash covering the weights, the feature store's
+settings, ``chunk`` and ``overlap``: a rerun reuses it, an interrupted run resumes it, and a
+different model or chunking never mixes with it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import ui
+from .data import DatasetSplit, load_split
+from .errors import UserError
+from .metrics import Metrics
+from .retrieval import (EmbedOptions, SongSet, all_against_all, available_memory, dense_distances, embed_chunks,
+                        load_songs, memory_needed, summary)
+from .store import Store, StoreWriter, settings_hash
+
+RESULTS = "results.json"
+PER_QUERY = "per_query.csv"
+
+
+@dataclass
+class EvalOptions:
+    store: Path
+    output: Path
+    checkpoint: Path | None = None
+    model: str | None = None  # a published model name (resolved through the models registry)
+    dataset: str = "shs"
+    split: str = "test"
+    metadata: Path | None = None
+    audio_dir: Path | None = None
+    chunk: int = 1500
+    overlap: float = 0.9
+    topk: int = 1
+    batch_size: int = 32
+    cache: Path | None = None
+    gpus: int = 1
+    accelerator: str = "auto"
+    tile_rows: int = 2048
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """What both workflows share once chunk embeddings exist."""
+
+    split: DatasetSplit
+    songs: SongSet
+    model_path: Path
+    cache_dir: Path
+    skipped_empty: list[str]
+
+
+# ---------------------------------------------------------------- model and data
+
+
+def resolve_model_path(opts: EvalOptions) -> Path:
+    """``--checkpoint`` as given, or ``--model NAME`` through the models registry."""
+    if (opts.checkpoint is None) == (opts.model is None):
+        raise UserError("give exactly one of --checkpoint PATH or --model NAME")
+    if opts.checkpoint is not None:
+        return Path(opts.checkpoint)
+    try:
+        from .hub import resolve_model
+    except ImportError as err:  # the registry ships separately in some builds
+        raise UserError("--model needs the models registry (wealy_cli.hub); use --checkpoint PATH") from err
+    return Path(resolve_model(str(opts.model)))
+
+
+def weights_digest(model_path: Path) -> str:
+    from .model import resolve_weights
+
+    weights = resolve_weights(model_path)
+    digest = hashlib.sha256()
+    with open(weights, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def load_data(opts: EvalOptions) -> tuple[Store, DatasetSplit]:
+    features = Store(opts.store)
+    split = load_split(opts.dataset, opts.split, opts.metadata, opts.audio_dir)
+    kept = split.restrict(features.keys())
+    if len(kept) < 2:
+        raise UserError(f"--store {opts.store}: holds {len(kept)} versions of {opts.dataset}/{opts.split} "
+                        f"in cliques of ≥ 2 (the split has {len(split)}); nothing to evaluate")
+    return features, kept
+
+
+def check_options(opts: EvalOptions) -> None:
+    if opts.chunk < 1:
+        raise UserError(f"--chunk must be ≥ 1, got {opts.chunk}")
+    if not 0.0 <= opts.overlap < 1.0:
+        raise UserError(f"--overlap must be in [0, 1), got {opts.overlap}")
+    if opts.topk < 1:
+        raise UserError(f"--topk must be ≥ 1, got {opts.topk}")
+    if opts.batch_size < 1 or opts.gpus < 1:
+        raise UserError("--batch-size and --gpus must be ≥ 1")
+
+
+def device_for(opts: EvalOptions) -> str:
+    if opts.accelerator == "cpu":
+        return "cpu"
+    if opts.accelerator == "gpu" and not torch.cuda.is_available():
+        raise UserError("--accelerator gpu: no CUDA device is available (use --accelerator cpu)")
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def prepare(opts: EvalOptions, rank: int = 0, world: int = 1, barrier: Callable[[], None] | None = None,
+            device: str = "cpu") -> Prepared:
+    """Embed the split's songs (this worker: every world-th song) into the cache, then load all."""
+    from .model import load_model
+
+    check_options(opts)
+    model_path = resolve_model_path(opts)
+    features, split = load_data(opts)
+    cache_settings = {"weights": weights_digest(model_path), "features": features.manifest.get("settings_hash"),
+                      "chunk": opts.chunk, "overlap": opts.overlap}
+    cache_dir = Path(opts.cache or opts.output / "cache") / settings_hash(cache_settings)
+    model, cfg = load_model(model_path)
+    if cfg.input_channels != features.dim:
+        raise UserError(f"--store {opts.store}: features have dim {features.dim}, the model expects "
+                        f"{cfg.input_channels} (--checkpoint/--model and --store do not belong together)")
+    model.to(device)
+    embed = EmbedOptions(opts.chunk, opts.overlap, opts.batch_size, device)
+    with StoreWriter(cache_dir, cfg.zdim, writer=f"w{rank}", settings=cache_settings,
+                     kind="chunk-embeddings") as writer:
+        empty = embed_chunks(model, features, split.keys[rank::world], writer, embed)
+    if barrier is not None:
+        barrier()
+    cache = Store(cache_dir)
+    failed = set(cache.failures())
+    if failed:  # songs without feature rows: drop them and re-apply the ≥ 2 versions rule
+        split = split.restrict([k for k in split.keys if k not in failed])
+    songs = load_songs(cache, split.keys, split.cliques, opts.tile_rows)
+    return Prepared(split, songs, model_path, cache_dir, sorted(failed or empty))
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+@dataclass
+class EvalResult:
+    metrics: Metrics
+    split: DatasetSplit
+    output: Path
+    seconds: float
+    info: dict[str, Any]
+
+
+def evaluate(opts: EvalOptions) -> EvalResult | None:
+    """Run the evaluation (on ``opts.gpus`` workers); rank 0 writes and returns the result."""
+    if opts.gpus > 1:
+        return _evaluate_fabric(opts)
+    return _evaluate(opts, rank=0, world=1, barrier=None, reduce=None, device=device_for(opts))
+
+
+def _evaluate_fabric(opts: EvalOptions) -> EvalResult | None:
+    from lightning.fabric import Fabric
+
+    accelerator = "cpu" if device_for(opts) == "cpu" else "cuda"
+    fabric = Fabric(accelerator=accelerator, devices=opts.gpus, strategy="ddp", precision="32-true")
+    fabric.launch()
+    if fabric.global_rank != 0:
+        ui.set_quiet(True)
+    result = _evaluate(opts, fabric.global_rank, fabric.world_size, fabric.barrier,
+                       lambda x: fabric.all_reduce(x.to(fabric.device), reduce_op="sum").cpu(),
+                       device=str(fabric.device))
+    return result if fabric.global_rank == 0 else None
+
+
+def _evaluate(opts: EvalOptions, rank: int, world: int, barrier: Callable[[], None] | None,
+              reduce: Callable[[torch.Tensor], torch.Tensor] | None, device: str) -> EvalResult | None:
+    start = time.perf_counter()
+    prep = prepare(opts, rank, world, barrier, device)
+    metrics = all_against_all(prep.songs, opts.topk, rank, world, reduce)
+    seconds = time.perf_counter() - start
+    info = {**summary(prep.songs), "model": str(prep.model_path), "cache": str(prep.cache_dir),
+            "songs without features": len(prep.skipped_empty), "workers": world}
+    if rank != 0:
+        return None
+    result = EvalResult(metrics, prep.split, Path(opts.output), seconds, info)
+    write_results(result, opts)
+    return result
+
+
+def write_results(result: EvalResult, opts: EvalOptions) -> None:
+    out = result.output
+    out.mkdir(parents=True, exist_ok=True)
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
+    payload = {"metrics": result.metrics.to_dict(), "dataset": opts.dataset, "split": opts.split,
+               "seconds": round(result.seconds, 3), "info": result.info, "options": options}
+    _atomic_text(out / RESULTS, json.dumps(payload, indent=2, default=str) + "\n")
+    rows = ["key,clique,ap,first_rank,rp"]
+    m, versions = result.metrics, result.split.versions
+    for q, ap, first, rp in zip(m.query_index, m.ap, m.first_rank, m.rp):
+        v = versions[int(q)]
+        rows.append(f"{_csv(v.key)},{_csv(v.clique)},{ap:.6f},{int(first)},{rp:.4f}")
+    _atomic_text(out / PER_QUERY, "\n".join(rows) + "\n")
+
+
+def _csv(value: str) -> str:
+    if any(c in value for c in ',"\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_per_query(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+# ---------------------------------------------------------------- distances
+
+
+def write_distances(opts: EvalOptions, path: Path, fmt: str | None = None,
+                    memory_limit: int | None = None) -> tuple[Path, tuple[int, int]]:
+    """All-against-all distance matrix of the split, written with ``matrixfile.write_matrix``."""
+    from .matrixfile import DistanceMatrix, matrix_format, write_matrix
+
+    fmt = fmt or matrix_format(path)
+    check_options(opts)
+    features, split = load_data(opts)
+    need = memory_needed(len(split), len(split))
+    limit = memory_limit if memory_limit is not None else int(0.5 * available_memory())
+    if need > limit:  # refuse before any embedding work is spent
+        raise UserError(f"a dense {len(split)}×{len(split)} float32 matrix needs {need / 2**30:.1f} GiB, more than "
+                        f"the {limit / 2**30:.1f} GiB allowed (half the available memory); "
+                        f"use 'wealy evaluate' for metrics, which never builds the matrix")
+    prep = prepare(opts, device=device_for(opts))
+    dist = dense_distances(prep.songs, opts.topk)
+    meta = {"model": str(prep.model_path), "dataset": opts.dataset, "split": opts.split, "topk": opts.topk,
+            "chunk": opts.chunk, "overlap": opts.overlap, "distance": "mean of topk smallest chunk cosine distances"}
+    matrix = DistanceMatrix.square(dist, prep.split.keys, prep.split.cliques, meta)
+    write_matrix(path, matrix, fmt)  # type: ignore[arg-type]
+    return path, matrix.shape
