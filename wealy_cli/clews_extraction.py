@@ -88,15 +88,23 @@ def store_settings(s: ClewsExtractSettings, zdim: int) -> dict[str, object]:
 
 
 @torch.inference_mode()
-def embed_song(model: ClewsModel, audio: np.ndarray | torch.Tensor, shingle_seconds: float, hop: float,
-               batch_size: int = 16) -> np.ndarray:
-    """(shingles, zdim) float32 embeddings of one 16 kHz mono signal."""
+def embed_shingles(model: ClewsModel, shingles: torch.Tensor, batch_size: int = 16) -> np.ndarray:
+    """(S, samples) shingles → (S, zdim) float32 embeddings, ``batch_size`` shingles per pass."""
     device = next(model.parameters()).device
-    signal = torch.as_tensor(audio, dtype=torch.float32)
-    shingles = shingle(signal, int(round(shingle_seconds * SAMPLE_RATE)), int(round(hop * SAMPLE_RATE)))
     out = [model(shingles[i:i + batch_size].contiguous().to(device)).float().cpu()
            for i in range(0, shingles.shape[0], batch_size)]
     return torch.cat(out).numpy()
+
+
+def song_shingles(audio: np.ndarray | torch.Tensor, shingle_seconds: float, hop: float) -> torch.Tensor:
+    signal = torch.as_tensor(audio, dtype=torch.float32)
+    return shingle(signal, int(round(shingle_seconds * SAMPLE_RATE)), int(round(hop * SAMPLE_RATE)))
+
+
+def embed_song(model: ClewsModel, audio: np.ndarray | torch.Tensor, shingle_seconds: float, hop: float,
+               batch_size: int = 16) -> np.ndarray:
+    """(shingles, zdim) float32 embeddings of one 16 kHz mono signal."""
+    return embed_shingles(model, song_shingles(audio, shingle_seconds, hop), batch_size)
 
 
 class _AudioItems(torch.utils.data.Dataset):
@@ -123,6 +131,37 @@ def _identity(item: object) -> object:
     return item
 
 
+class _SongBatcher:
+    """Collects songs until their shingles fill a batch, so that short songs share forward passes."""
+
+    def __init__(self, model: ClewsModel, writer: StoreWriter, report: ExtractReport, batch_size: int) -> None:
+        self.model, self.writer, self.report, self.batch_size = model, writer, report, batch_size
+        self.pending: list[tuple[Version, torch.Tensor, float]] = []
+
+    def add(self, version: Version, shingles: torch.Tensor, seconds: float) -> int:
+        """Queue a song; returns how many songs were written."""
+        self.pending.append((version, shingles, seconds))
+        if sum(p[1].shape[0] for p in self.pending) < self.batch_size:
+            return 0
+        return self.flush()
+
+    def flush(self) -> int:
+        if not self.pending:
+            return 0
+        z = embed_shingles(self.model, torch.cat([p[1] for p in self.pending]), self.batch_size)
+        start = 0
+        for version, shingles, seconds in self.pending:
+            n = shingles.shape[0]
+            self.writer.add(version.key, z[start:start + n], clique=version.clique, version=version.version,
+                            seconds=round(seconds, 3), shingles=n)
+            start += n
+            self.report.stored += 1
+            self.report.shingles += n
+            self.report.audio_seconds += seconds
+        done, self.pending = len(self.pending), []
+        return done
+
+
 def _run_part(s: ClewsExtractSettings, versions: list[Version], rank: int, model: ClewsModel,
               settings: dict[str, object], show_progress: bool) -> ExtractReport:
     """Embed ``versions`` with ``model`` into the store with writer name ``w<rank>``."""
@@ -133,6 +172,7 @@ def _run_part(s: ClewsExtractSettings, versions: list[Version], rank: int, model
         report.skipped = len(versions) - len(todo)
         loader = torch.utils.data.DataLoader(_AudioItems(todo, s.max_seconds), batch_size=None,
                                              num_workers=s.workers, collate_fn=_identity)
+        batcher = _SongBatcher(model, writer, report, s.batch_size)
         with ui.progress() as bar:
             task = bar.add_task("CLEWS embeddings", total=len(todo), status="", visible=show_progress)
             for i, audio, error in loader:
@@ -141,15 +181,12 @@ def _run_part(s: ClewsExtractSettings, versions: list[Version], rank: int, model
                     writer.fail(version.key, error, path=str(version.path))
                     report.failed += 1
                     report.failures.append((version.key, error))
+                    done = 1
                 else:
-                    z = embed_song(model, audio, s.shingle_seconds, s.hop, s.batch_size)
-                    seconds = audio.shape[0] / SAMPLE_RATE
-                    writer.add(version.key, z, clique=version.clique, version=version.version,
-                               seconds=round(seconds, 3), shingles=int(z.shape[0]))
-                    report.stored += 1
-                    report.shingles += int(z.shape[0])
-                    report.audio_seconds += seconds
-                bar.update(task, advance=1, status=f"{report.failed} failed")
+                    shingles = song_shingles(audio, s.shingle_seconds, s.hop)
+                    done = batcher.add(version, shingles, audio.shape[0] / SAMPLE_RATE)
+                bar.update(task, advance=done, status=f"{report.failed} failed")
+            bar.update(task, advance=batcher.flush())
     return report
 
 

@@ -122,4 +122,7 @@ def clews(
         "seconds": round(report.wall_seconds, 1),
         "seconds per audio minute": round(report.wall_seconds / minutes, 2) if minutes else "-"}))
     if report.failures:
-        ui.show(ui.table("failures (first 20)", ("key", "reason"), report.failures[:20]))
+        ui.show(ui.table(f"failures ({len(report.failures)}, first 20)", ("key", "reason"), report.failures[:20]))
+    if report.stored + report.skipped == 0:
+        ui.console.print("error: no version could be extracted", highlight=False)
+        raise typer.Exit(1)
