@@ -352,6 +352,9 @@ def train(opts: TrainOptions, store: Store, train_split: DatasetSplit, val_split
         best_map, best_epoch, bad_epochs = float(state["best_map"]), int(state["best_epoch"]), int(state["bad_epochs"])
         history = [dict(row) for row in state["history"]]
         best_map, best_epoch = _reconcile_best(out, best_map, best_epoch)
+        if fabric.global_rank == 0:  # temporaries of writes that a kill interrupted
+            for stale in out.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
     model, optimizer = fabric.setup(model, optimizer)
     loss_fn = make_loss(opts.loss)
     world, rank = fabric.world_size, fabric.global_rank
