@@ -11,7 +11,7 @@ from .. import hub, ui
 from ..checkpoints import import_checkpoint
 from ..errors import UserError
 from ..modelcard import build_upload_folder, upload_folder
-from ..settings import CreatableDir, ExistingDir, ExistingFile, WealySettings, load_settings
+from ..settings import CreatableDir, WealySettings, load_settings
 
 app = typer.Typer(help="Published WEALY checkpoints on the Hugging Face Hub.", no_args_is_help=True)
 
@@ -26,14 +26,14 @@ class ModelsSettings(WealySettings):
 
 class _ImportSettings(ModelsSettings):
     section = "models_import"
-    checkpoint: ExistingFile
-    original_config: ExistingFile | None = None
+    checkpoint: Path  # checked by load_checkpoint, which names the argument
+    original_config: Path | None = None  # the original configuration.yaml (--config)
     out: CreatableDir
 
 
 class _UploadSettings(ModelsSettings):
     section = "models_upload"
-    run_dir: ExistingDir
+    run_dir: Path  # checked by build_upload_folder, which names the argument
 
 
 _CONFIG = typer.Option(None, "--config", help="YAML settings file.")
