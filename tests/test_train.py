@@ -231,3 +231,21 @@ def _read_state_retrying(path: Path) -> dict:
         except (OSError, RuntimeError, EOFError):
             time.sleep(0.05)  # replaced while reading
     return torch.load(path, weights_only=True)
+
+
+def test_stopping_rules(tmp_path):
+    store, train_split, val_split = splits(*build_separable(tmp_path, train_cliques=16, val_cliques=4))
+    base = dict(model=ModelConfig(input_channels=16, dropout=0.0, **TINY_CFG), batch_size=8, chunk=16,
+                accelerator="cpu", max_epochs=5)
+    # lr 0 never improves the val MAP of epoch 0: patience 2 stops after epoch 2.
+    frozen = train(TrainOptions(output=tmp_path / "a", lr=0.0, min_lr=0.0, warmup_epochs=0, patience=2, **base),
+                   store, train_split, val_split)
+    assert (frozen.epochs, frozen.best_epoch) == (2, 0) and "no improvement" in frozen.stop_reason
+    # After the warm-up, an lr below min_lr ends the run.
+    low = train(TrainOptions(output=tmp_path / "b", lr=1e-3, min_lr=1.0, warmup_epochs=1, **base),
+                store, train_split, val_split)
+    assert low.epochs == 1 and low.stop_reason == "lr below min_lr"
+    # A time limit already spent: the unfinished epoch is discarded, epoch 0 stays the last state.
+    late = train(TrainOptions(output=tmp_path / "c", time_limit=1e-9, **base), store, train_split, val_split)
+    assert late.epochs == 0 and late.stop_reason.startswith("time limit")
+    assert torch.load(tmp_path / "c" / STATE, weights_only=True)["epoch"] == 0
