@@ -99,7 +99,7 @@ it maps a song's embedding sequence to one {model.get('zdim')}-d vector; distanc
 ```bash
 pip install wealy
 wealy models download {repo_id}
-wealy evaluate --model {repo_id} --store /path/to/feature-store --metadata /path/to/split-files
+wealy evaluate --model {repo_id}   # plus your data locations: see 'wealy evaluate --help'
 ```
 
 Weights are `weights.safetensors` (the model config is in its metadata and in
