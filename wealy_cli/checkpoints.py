@@ -155,8 +155,8 @@ def load_checkpoint(path: Path, trust_pickle: bool = False) -> Any:
             if not trust_pickle:
                 reason = re.search(r"WeightsUnpickler error: (.*)", str(err))
                 raise _refusal(path, [], reason.group(1) if reason else str(err).splitlines()[0]) from err
-        except (RuntimeError, EOFError, OSError) as err:
-            raise UserError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
+        except Exception as err:  # noqa: BLE001 - a damaged or odd file, not a bug of ours
+            raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
     try:  # the user vouched for the file
         return torch.load(path, map_location="cpu", weights_only=False)
     except ModuleNotFoundError as err:
