@@ -96,6 +96,11 @@ def test_streamed_distances_equal_dense(tmp_path: Path, redux: str):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     streamed = clews_song_distances(store, qkeys, ckeys, redux=redux, block=2, cache_bytes=0)
     np.testing.assert_allclose(streamed, expected, rtol=1e-5, atol=1e-6)
+    # all against all: only the upper blocks are computed, then mirrored
+    everything = dense_reference(items, keys, keys, redux)
+    for block in (1, 3):
+        got = clews_song_distances(store, keys, keys, redux=redux, block=block)
+        np.testing.assert_allclose(got, everything, rtol=1e-5, atol=1e-6)
 
 
 def test_unknown_key_is_a_user_error(tmp_path: Path):

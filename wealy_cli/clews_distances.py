@@ -122,9 +122,11 @@ def clews_song_distances(
 ) -> np.ndarray:
     """Song-pair distances (n_queries, n_candidates) float32 for keys of a CLEWS store.
 
-    Queries and candidates are processed ``block`` songs at a time. Candidate embeddings are kept
-    in memory (fp16, as stored) when they fit in ``cache_bytes``; otherwise each candidate block
-    is read from the store again for every query block."""
+    Songs are sorted by length and processed ``block`` songs at a time (similar lengths share a
+    block, so little padding is computed). When queries and candidates are the same keys, only
+    blocks on and above the diagonal are computed and mirrored (the reductions are symmetric).
+    Candidate embeddings are kept in memory (fp16, as stored) when they fit in ``cache_bytes``;
+    otherwise they are read from the store again for every query block."""
     parse_redux(redux)
     if block < 1:
         raise UserError(f"--block {block}: must be at least 1")
@@ -132,24 +134,33 @@ def clews_song_distances(
         if key not in store:
             raise UserError(f"{store.directory}: key {key!r} is not in the store")
     device = torch.device(device)
-    dim = store.dim
-    out = np.empty((len(query_keys), len(candidate_keys)), np.float32)
-    cand_bytes = sum(store.rows(k) for k in candidate_keys) * dim * 2
-    cache = {k: store[k] for k in candidate_keys} if cand_bytes <= cache_bytes else None
-    cand_blocks = [candidate_keys[i:i + block] for i in range(0, len(candidate_keys), block)]
+    symmetric = list(query_keys) == list(candidate_keys)
+    qorder = np.argsort([store.rows(k) for k in query_keys], kind="stable")
+    corder = qorder if symmetric else np.argsort([store.rows(k) for k in candidate_keys], kind="stable")
+    qkeys = [query_keys[i] for i in qorder]
+    ckeys = [candidate_keys[i] for i in corder]
+    cand_bytes = sum(store.rows(k) for k in ckeys) * store.dim * 2
+    cache = {k: store[k] for k in ckeys} if cand_bytes <= cache_bytes else None
+    qspans = [(i, min(i + block, len(qkeys))) for i in range(0, len(qkeys), block)]
+    cspans = [(i, min(i + block, len(ckeys))) for i in range(0, len(ckeys), block)]
+    n_pairs = len(qspans) * (len(qspans) + 1) // 2 if symmetric else len(qspans) * len(cspans)
+    ordered = np.empty((len(qkeys), len(ckeys)), np.float32)
     with ui.progress(transient=True) as bar:
-        task = bar.add_task("CLEWS distances", total=len(query_keys), status=redux)
-        for q0 in range(0, len(query_keys), block):
-            qkeys = query_keys[q0:q0 + block]
-            q, qmask = _padded([_read(store, cache, k) for k in qkeys], device)
-            for b, ckeys in enumerate(cand_blocks):
-                c, cmask = _padded([_read(store, cache, k) for k in ckeys], device)
-                dist = block_distances(q, c)  # (bq, bc, sq, sc)
+        task = bar.add_task("CLEWS distances", total=n_pairs, status=redux)
+        for qb in range(len(qspans)):
+            (q0, q1) = qspans[qb]
+            q, qmask = _padded([_read(store, cache, k) for k in qkeys[q0:q1]], device)
+            for cb in range(qb if symmetric else 0, len(cspans)):
+                (c0, c1) = cspans[cb]
+                c, cmask = _padded([_read(store, cache, k) for k in ckeys[c0:c1]], device)
                 valid = qmask[:, None, :, None] & cmask[None, :, None, :]
-                red = reduce_pairs(dist, redux, valid)
-                c0 = b * block
-                out[q0:q0 + len(qkeys), c0:c0 + len(ckeys)] = red.cpu().numpy()
-            bar.advance(task, len(qkeys))
+                red = reduce_pairs(block_distances(q, c), redux, valid).cpu().numpy()
+                ordered[q0:q1, c0:c1] = red
+                if symmetric and cb != qb:
+                    ordered[c0:c1, q0:q1] = red.T
+                bar.advance(task)
+    out = np.empty_like(ordered)
+    out[np.ix_(qorder, corder)] = ordered
     return out
 
 
