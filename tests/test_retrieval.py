@@ -9,7 +9,7 @@ import torch
 from conftest import make_store
 from wealy_cli.metrics import retrieval_metrics
 from wealy_cli.retrieval import (EmbedOptions, SongSet, all_against_all, chunk_spans, dense_distances,
-                                 embed_chunks)
+                                 embed_chunks, embedding_groups)
 from wealy_cli.store import Store, StoreWriter
 
 
@@ -125,7 +125,7 @@ def test_embed_chunks_matches_direct_model_calls_and_resumes(tmp_path):
     features = Store(make_store(tmp_path / "feat", items, 8))
     opts = EmbedOptions(chunk=10, overlap=0.5, batch_size=3)
     with StoreWriter(tmp_path / "cache", 8, settings={"t": 1}, kind="chunk-embeddings") as cache:
-        assert embed_chunks(model, features, list(items), cache, opts) == []
+        assert embed_chunks(model, features, embedding_groups(features, list(items), opts), cache, opts) == []
     cache = Store(tmp_path / "cache")
     for key, x in items.items():
         spans = chunk_spans(len(x), 10, 0.5)
@@ -135,5 +135,5 @@ def test_embed_chunks_matches_direct_model_calls_and_resumes(tmp_path):
         np.testing.assert_allclose(cache[key].astype(np.float32), torch.stack(want).numpy(), atol=2e-3)
     shards = sorted(p.name for p in (tmp_path / "cache" / "shards").iterdir())
     with StoreWriter(tmp_path / "cache", 8, settings={"t": 1}, kind="chunk-embeddings") as again:
-        embed_chunks(model, features, list(items), again, opts)  # all cached: nothing written
+        embed_chunks(model, features, [list(items)], again, opts)  # all cached: nothing written
     assert sorted(p.name for p in (tmp_path / "cache" / "shards").iterdir()) == shards

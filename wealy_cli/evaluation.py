@@ -27,7 +27,7 @@ from .data import DatasetSplit, load_split
 from .errors import UserError
 from .metrics import Metrics
 from .retrieval import (EmbedOptions, SongSet, all_against_all, available_memory, dense_distances, embed_chunks,
-                        load_songs, memory_needed, summary)
+                        embedding_groups, load_songs, memory_needed, summary)
 from .store import Store, StoreWriter, settings_hash
 
 RESULTS = "results.json"
@@ -141,7 +141,8 @@ def prepare(opts: EvalOptions, rank: int = 0, world: int = 1, barrier: Callable[
     embed = EmbedOptions(opts.chunk, opts.overlap, opts.batch_size, device)
     with StoreWriter(cache_dir, cfg.zdim, writer=f"w{rank}", settings=cache_settings,
                      kind="chunk-embeddings") as writer:
-        empty = embed_chunks(model, features, split.keys[rank::world], writer, embed)
+        groups = embedding_groups(features, split.keys, embed)[rank::world]
+        empty = embed_chunks(model, features, groups, writer, embed)
     if barrier is not None:
         barrier()
     cache = Store(cache_dir)

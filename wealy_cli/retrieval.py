@@ -61,34 +61,47 @@ class EmbedOptions:
     device: str = "cpu"
 
 
+def embedding_groups(features: Store, keys: Sequence[str], opts: EmbedOptions) -> list[list[str]]:
+    """Consecutive keys in groups of about ``batch_size`` chunks. The groups, not the workers,
+    decide what is batched together, so any number of workers computes the same numbers."""
+    groups: list[list[str]] = [[]]
+    filled = 0
+    for key in keys:
+        if filled >= opts.batch_size:
+            groups.append([])
+            filled = 0
+        groups[-1].append(key)
+        filled += max(1, len(chunk_spans(features.rows(key), opts.chunk, opts.overlap)))
+    return [g for g in groups if g]
+
+
 @torch.no_grad()
-def embed_chunks(model: torch.nn.Module, features: Store, keys: Sequence[str], cache: StoreWriter,
+def embed_chunks(model: torch.nn.Module, features: Store, groups: Sequence[Sequence[str]], cache: StoreWriter,
                  opts: EmbedOptions, label: str = "embedding chunks") -> list[str]:
-    """Embed every chunk of every key not yet in ``cache``; returns keys that had no rows."""
+    """Embed every chunk of the keys (in ``embedding_groups``) not yet in ``cache``; returns the
+    keys that had no feature rows (recorded as failures in the cache)."""
     model.eval()
-    todo = [k for k in keys if k not in cache]
     empty: list[str] = []
-    pending: list[tuple[str, int]] = []  # (key, number of chunks) waiting for the batch
-    chunks: list[torch.Tensor] = []
+    total = sum(len(g) for g in groups)
     with ui.progress() as bar:
-        task = bar.add_task(label, total=len(todo), status=f"{len(keys) - len(todo)} cached")
-        for key in todo:
-            rows = torch.from_numpy(np.asarray(features[key], dtype=np.float32))
-            spans = chunk_spans(rows.shape[0], opts.chunk, opts.overlap)
-            if not spans:
-                empty.append(key)
-                cache.fail(key, "no feature rows")
-                bar.advance(task)
-                continue
-            pending.append((key, len(spans)))
-            chunks.extend(rows[a:b] for a, b in spans)
-            if len(chunks) >= opts.batch_size:
+        task = bar.add_task(label, total=total, status="")
+        for group in groups:
+            pending: list[tuple[str, int]] = []
+            chunks: list[torch.Tensor] = []
+            for key in group:
+                if key in cache:
+                    continue
+                rows = torch.from_numpy(np.asarray(features[key], dtype=np.float32))
+                spans = chunk_spans(rows.shape[0], opts.chunk, opts.overlap)
+                if not spans:
+                    empty.append(key)
+                    cache.fail(key, "no feature rows")
+                    continue
+                pending.append((key, len(spans)))
+                chunks.extend(rows[a:b] for a, b in spans)
+            if pending:
                 _flush(model, pending, chunks, cache, opts)
-                bar.advance(task, len(pending))
-                pending, chunks = [], []
-        if pending:
-            _flush(model, pending, chunks, cache, opts)
-            bar.advance(task, len(pending))
+            bar.advance(task, len(group))
     return empty
 
 
@@ -255,20 +268,30 @@ class TileCounts:
         return Metrics.from_per_query(ap, first, rp, qidx, skipped)
 
 
-def _relevant_distances(songs: SongSet, topk: int) -> list[np.ndarray]:
-    """For each song, its distances to the other songs of its clique (computed per clique)."""
+def _relevant_distances(songs: SongSet, topk: int, budget: int = TILE_ROWS) -> list[np.ndarray]:
+    """For each song, its distances to the other songs of its clique. Small cliques are batched
+    into one block (only its diagonal blocks are used): many tiny products cost more in call
+    overhead than the few wasted values."""
     out: list[np.ndarray] = [np.zeros(0, np.float32)] * songs.n
     members: dict[int, list[int]] = {}
-    for s in songs.order:  # tile order, so a clique's members are gathered once
+    for s in songs.order:  # tile order
         members.setdefault(int(songs.clique_ids[s]), []).append(int(s))
     where = {int(s): (t, r) for t, tile in enumerate(songs.tiles) for r, s in enumerate(tile.index)}
-    for group in members.values():
-        if len(group) < 2:
-            continue
-        sub = _sub_tile(songs, group, where)
-        d = song_distances(sub, sub, topk).numpy()
-        for row, s in enumerate(group):
-            out[s] = np.delete(d[row], row)
+    batch: list[list[int]] = []
+    for group in [g for g in members.values() if len(g) > 1] + [[]]:  # [] flushes the last batch
+        rows = sum(len(g) for g in batch) + len(group)
+        if batch and (not group or rows * int(songs.n_chunks[sum(batch + [group], [])].max()) > budget):
+            flat = sum(batch, [])
+            d = song_distances(*(2 * [_sub_tile(songs, flat, where)]), topk).numpy()
+            start = 0
+            for g in batch:
+                block = d[start:start + len(g), start:start + len(g)]
+                for row, s in enumerate(g):
+                    out[s] = np.delete(block[row], row)
+                start += len(g)
+            batch = []
+        if group:
+            batch.append(group)
     return out
 
 
