@@ -188,8 +188,12 @@ def song_distances(a: Tile, b: Tile, topk: int) -> torch.Tensor:
         return 1.0 - a.chunks[:, 0] @ b.chunks[:, 0].T
     na, ca, d = a.chunks.shape
     nb, cb, _ = b.chunks.shape
-    sims = (a.chunks.reshape(na * ca, d) @ b.chunks.reshape(nb * cb, d).T)
-    sims = sims.view(na, ca, nb, cb).permute(0, 2, 1, 3).reshape(na, nb, ca * cb)
+    sims = (a.chunks.reshape(na * ca, d) @ b.chunks.reshape(nb * cb, d).T).view(na, ca, nb, cb)
+    if topk == 1 or ca * cb == 1:  # max over both chunk axes in place: no permuted copy
+        if not (bool(a.valid.all()) and bool(b.valid.all())):
+            sims = sims.masked_fill(~(a.valid[:, :, None, None] & b.valid[None, None, :, :]), -math.inf)
+        return 1.0 - sims.amax(dim=(1, 3))
+    sims = sims.permute(0, 2, 1, 3).reshape(na, nb, ca * cb)
     pair_valid = (a.valid[:, None, :, None] & b.valid[None, :, None, :]).reshape(na, nb, ca * cb)
     sims = sims.masked_fill(~pair_valid, -math.inf)
     k = min(topk, ca * cb)
