@@ -122,3 +122,24 @@ def test_bad_checkpoint_and_options_are_user_errors(tmp_path: Path):
     with pytest.raises(UserError, match="--shingle-seconds"):
         load_settings(ClewsExtractSettings, checkpoint=junk, dataset="csv", metadata=listing, out=tmp_path / "o",
                       max_seconds=10)
+
+
+def test_one_process_per_device_splits_the_songs(tmp_path: Path):
+    """The --gpus N path (spawned processes, each with its own writer), run with two CPU devices."""
+    from wealy_cli.clews_extraction import _run_devices, split_for, store_settings
+
+    listing = tmp_path / "songs.csv"
+    listing.write_text("clique,version,path\n"
+                       f"a,1,{AUDIO / 'tiny.wav'}\na,2,{AUDIO / 'empty.mp3'}\n"
+                       f"b,1,{AUDIO / 'silence.mp3'}\nb,2,{AUDIO / 'tiny.wav'}\n")
+    ckpt = tiny_checkpoint(tmp_path / "tiny.ckpt")
+    s = load_settings(ClewsExtractSettings, checkpoint=ckpt, dataset="csv", metadata=listing, out=tmp_path / "store",
+                      workers=0)
+    report = _run_devices(s, split_for(s).versions, store_settings(s, 16), ["cpu", "cpu"])
+    assert (report.stored, report.failed) == (3, 1)
+    store = Store(tmp_path / "store")
+    assert sorted(store.keys()) == ["a/1", "b/1", "b/2"] and list(store.failures()) == ["a/2"]
+    shards = {p.name.split("-")[0]: p for p in (tmp_path / "store" / "shards").glob("*.h5")}
+    assert sorted(shards) == ["w0", "w1"]  # rank 0: a/1, b/1; rank 1: a/2 (fails), b/2
+    # the same file embedded by the two processes gives the same rows
+    np.testing.assert_array_equal(store["a/1"], store["b/2"])

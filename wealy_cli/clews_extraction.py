@@ -191,19 +191,22 @@ def _run_part(s: ClewsExtractSettings, versions: list[Version], rank: int, model
 
 
 def _worker(rank: int, s: ClewsExtractSettings, versions: list[Version], settings: dict[str, object],
-            gpus: int, queue) -> None:  # noqa: ANN001 - a multiprocessing queue
-    model = load_clews(s.checkpoint, device=f"cuda:{rank}")
-    queue.put((rank, _run_part(s, versions[rank::gpus], rank, model, settings, show_progress=rank == 0)))
+            devices: list[str], queue) -> None:  # noqa: ANN001 - a multiprocessing queue
+    model = load_clews(s.checkpoint, device=devices[rank])
+    part = versions[rank::len(devices)]
+    queue.put((rank, _run_part(s, part, rank, model, settings, show_progress=rank == 0)))
 
 
-def _run_gpus(s: ClewsExtractSettings, versions: list[Version], settings: dict[str, object]) -> ExtractReport:
-    """One spawned process per GPU; a process that dies is reported instead of waited for."""
+def _run_devices(s: ClewsExtractSettings, versions: list[Version], settings: dict[str, object],
+                 devices: list[str]) -> ExtractReport:
+    """One spawned process per device (rank r takes every len(devices)-th song and writes shards
+    named w<r>); a process that dies is reported instead of waited for."""
     import queue as queue_module
 
     ctx = torch.multiprocessing.get_context("spawn")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, s, versions, settings, s.gpus, results))
-             for r in range(s.gpus)]
+    procs = [ctx.Process(target=_worker, args=(r, s, versions, settings, devices, results))
+             for r in range(len(devices))]
     for p in procs:
         p.start()
     report, done = ExtractReport(), 0
@@ -216,7 +219,7 @@ def _run_gpus(s: ClewsExtractSettings, versions: list[Version], settings: dict[s
             if dead:
                 for p in procs:
                     p.terminate()
-                raise RuntimeError(f"GPU worker(s) {dead} failed; finished shards are kept, run again to resume")
+                raise RuntimeError(f"worker process(es) {dead} failed; finished shards are kept, run again to resume")
     for p in procs:
         p.join()
     return report
@@ -245,6 +248,6 @@ def run_extraction(s: ClewsExtractSettings) -> ExtractReport:
         report = _run_part(s, split.versions, 0, model, settings, show_progress=True)
     else:
         del model  # each GPU process loads its own copy
-        report = _run_gpus(s, split.versions, settings)
+        report = _run_devices(s, split.versions, settings, [f"cuda:{r}" for r in range(s.gpus)])
     report.wall_seconds = time.time() - start
     return report
