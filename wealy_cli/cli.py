@@ -18,8 +18,11 @@ app = typer.Typer(
     help="Audio-based lyrics matching with Whisper embeddings (WEALY): extract, train, evaluate, fuse.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts say "[default: x]" literally
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+for sub_app in (extract.app, models.app, store.app):
+    sub_app.rich_markup_mode = None
 app.add_typer(extract.app, name="extract")
 app.add_typer(models.app, name="models")
 app.add_typer(store.app, name="store")
