@@ -11,7 +11,6 @@ decoded is recorded as a failure in the store and the run goes on.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,7 +190,8 @@ def _run_part(s: ClewsExtractSettings, versions: list[Version], rank: int, model
 
 
 def _worker(rank: int, s: ClewsExtractSettings, versions: list[Version], settings: dict[str, object],
-            devices: list[str], queue) -> None:  # noqa: ANN001 - a multiprocessing queue
+            devices: list[str], quiet: bool, queue) -> None:  # noqa: ANN001 - a multiprocessing queue
+    ui.set_quiet(quiet)  # spawned processes start with the defaults
     model = load_clews(s.checkpoint, device=devices[rank])
     part = versions[rank::len(devices)]
     queue.put((rank, _run_part(s, part, rank, model, settings, show_progress=rank == 0)))
@@ -205,7 +205,7 @@ def _run_devices(s: ClewsExtractSettings, versions: list[Version], settings: dic
 
     ctx = torch.multiprocessing.get_context("spawn")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, s, versions, settings, devices, results))
+    procs = [ctx.Process(target=_worker, args=(r, s, versions, settings, devices, ui.is_quiet(), results))
              for r in range(len(devices))]
     for p in procs:
         p.start()
