@@ -237,8 +237,10 @@ def test_stopping_rules(tmp_path):
     store, train_split, val_split = splits(*build_separable(tmp_path, train_cliques=16, val_cliques=4))
     base = dict(model=ModelConfig(input_channels=16, dropout=0.0, **TINY_CFG), batch_size=8, chunk=16,
                 accelerator="cpu", max_epochs=5)
-    # lr 0 never improves the val MAP of epoch 0: patience 2 stops after epoch 2.
-    frozen = train(TrainOptions(output=tmp_path / "a", lr=0.0, min_lr=0.0, warmup_epochs=0, patience=2, **base),
+    # lr 0 never improves the val MAP of epoch 0: patience 2 stops after epoch 2. (Also reads
+    # the store from a DataLoader worker process.)
+    frozen = train(TrainOptions(output=tmp_path / "a", lr=0.0, min_lr=0.0, warmup_epochs=0, patience=2, workers=1,
+                                **base),
                    store, train_split, val_split)
     assert (frozen.epochs, frozen.best_epoch) == (2, 0) and "no improvement" in frozen.stop_reason
     # After the warm-up, an lr below min_lr ends the run.
