@@ -82,6 +82,27 @@ def resolve_model_path(opts: EvalOptions) -> Path:
     return Path(resolve_model(str(opts.model)))
 
 
+def published_model_flags(model: str | None, flags: dict[str, Any]) -> dict[str, Any]:
+    """With ``--model NAME``, the model decides the dataset (and chunk/topk unless given as flags);
+    the user supplies data locations only. A ``--dataset`` that contradicts the model is an error."""
+    if not model:
+        return flags
+    from .hub import model_info
+
+    implied = model_info(model).data_settings()
+    merged = dict(flags)
+    dataset = implied.get("dataset")
+    if dataset:
+        if flags.get("dataset") not in (None, dataset):
+            raise UserError(f"--dataset {flags['dataset']} contradicts --model {model}, which was trained "
+                            f"and is evaluated on {dataset}; give only data locations with --model")
+        merged["dataset"] = dataset
+    for key in ("chunk", "topk"):
+        if merged.get(key) is None and implied.get(key) is not None:
+            merged[key] = implied[key]
+    return merged
+
+
 def weights_digest(model_path: Path) -> str:
     from .model import resolve_weights
 

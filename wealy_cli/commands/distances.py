@@ -9,7 +9,7 @@ import typer
 
 from .. import ui
 from ..errors import UserError
-from ..evaluation import EvalOptions, write_distances
+from ..evaluation import EvalOptions, published_model_flags, write_distances
 from ..matrixfile import SUFFIXES
 from ..settings import CreatableDir, DataSettings, ExistingDir, ExistingPath, load_settings, write_resolved
 
@@ -31,17 +31,17 @@ class DistancesSettings(DataSettings):
 
 def distances(
     checkpoint: Path = typer.Option(None, "--checkpoint", help="Run directory (uses best), .safetensors file or "
-                                    "checkpoint name of a trained model."),
+                                                         "checkpoint name of a trained model."),
     model: str = typer.Option(None, "--model", help="Published model name instead of --checkpoint."),
     store: Path = typer.Option(None, "--store", help="Feature store of the split. [required]"),
     output: Path = typer.Option(None, "--output", "-o", help="Matrix file: .npz, .h5 or .pkl. [required]"),
     format_: str = typer.Option(None, "--format", help="npz or hdf5 (safe), or pickle (the original tools' "
-                                "layout). [default: from the --output suffix]"),
+                                                     "layout). [default: from the --output suffix]"),
     dataset: str = typer.Option(None, "--dataset", help="shs, lyric-covers, discogs-vi or csv. [default: shs]"),
     split: str = typer.Option(None, "--split", help="train, val or test. [default: test]"),
     metadata: Path = typer.Option(None, "--metadata", help="Split files (bundled for shs and lyric-covers)."),
     cache: Path = typer.Option(None, "--cache", help="Folder of chunk-embedding caches. "
-                               "[default: the output file's folder/cache]"),
+                                                    "[default: the output file's folder/cache]"),
     chunk: int = typer.Option(None, "--chunk", help="Rows per chunk. [default: 1500]"),
     overlap: float = typer.Option(None, "--overlap", help="Overlap of consecutive chunks, in [0, 1). [default: 0.9]"),
     topk: int = typer.Option(None, "--topk", help="Mean of the k smallest chunk-pair cosine distances. [default: 1]"),
@@ -51,10 +51,13 @@ def distances(
 ) -> None:
     """Write the distance matrix of a split (rows = queries, columns = candidates, same versions),
     with query and candidate references (clique, version) and metadata."""
-    settings = load_settings(DistancesSettings, config, checkpoint=checkpoint, model=model, store=store,
-                             output=output, format=format_, dataset=dataset, split=split, metadata=metadata,
-                             cache=cache, chunk=chunk, overlap=overlap, topk=topk, batch_size=batch_size,
-                             accelerator=accelerator)
+    flags = dict(
+        checkpoint=checkpoint, model=model, store=store, output=output, format=format_, dataset=dataset,
+        split=split, metadata=metadata, cache=cache, chunk=chunk, overlap=overlap, topk=topk,
+        batch_size=batch_size, accelerator=accelerator
+    )
+    flags = published_model_flags(model, flags)
+    settings = load_settings(DistancesSettings, config, **flags)
     path = settings.output
     by_suffix = SUFFIXES.get(path.suffix.lower())
     fmt = settings.format or by_suffix

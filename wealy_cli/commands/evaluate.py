@@ -8,7 +8,8 @@ from typing import Literal
 import typer
 
 from .. import ui
-from ..evaluation import PER_QUERY, RESULTS, EvalOptions, evaluate as run_evaluation
+from ..evaluation import PER_QUERY, RESULTS, EvalOptions, published_model_flags
+from ..evaluation import evaluate as run_evaluation
 from ..settings import CreatableDir, DataSettings, ExistingDir, ExistingPath, load_settings, write_resolved
 
 
@@ -35,33 +36,36 @@ class EvaluateSettings(DataSettings):
 
 def evaluate(
     checkpoint: Path = typer.Option(None, "--checkpoint", help="Run directory (uses best), .safetensors file or "
-                                    "checkpoint name of a trained model."),
+                                                         "checkpoint name of a trained model."),
     model: str = typer.Option(None, "--model", help="Published model name (e.g. wealy-whisper-shs) instead of "
-                              "--checkpoint."),
+                                                   "--checkpoint."),
     store: Path = typer.Option(None, "--store", help="Feature store of the split (from 'wealy extract'). [required]"),
     dataset: str = typer.Option(None, "--dataset", help="shs, lyric-covers, discogs-vi or csv. [default: shs]"),
     split: str = typer.Option(None, "--split", help="train, val or test. [default: test]"),
     metadata: Path = typer.Option(None, "--metadata", help="Split files (bundled for shs and lyric-covers)."),
     output: Path = typer.Option(None, "--output", "-o", help="Run directory for results.json, per_query.csv "
-                                "and settings.yaml. [default: runs/evaluate/<model>-<dataset>-<split>]"),
+                                                     "and settings.yaml. [default: runs/evaluate/<model>-<dataset>-<split>]"),
     cache: Path = typer.Option(None, "--cache", help="Folder of chunk-embedding caches. [default: OUTPUT/cache]"),
     chunk: int = typer.Option(None, "--chunk", help="Rows per chunk. [default: 1500]"),
     overlap: float = typer.Option(None, "--overlap", help="Overlap of consecutive chunks, in [0, 1). [default: 0.9]"),
     topk: int = typer.Option(None, "--topk", help="Song distance: mean of the k smallest chunk-pair cosine "
-                             "distances. [default: 1]"),
+                                                  "distances. [default: 1]"),
     batch_size: int = typer.Option(None, "--batch-size", help="Chunks per model call. [default: 32]"),
     gpus: int = typer.Option(None, "--gpus", help="Workers (Lightning Fabric, one per device; CPU processes "
-                             "without GPUs). Results are identical for any number. [default: 1]"),
+                                                  "without GPUs). Results are identical for any number. [default: 1]"),
     accelerator: str = typer.Option(None, "--accelerator", help="auto, cpu or gpu. [default: auto]"),
     config: Path = typer.Option(None, "--config", help="YAML settings file."),
 ) -> None:
     """Evaluate a model all-against-all on a split: MAP, MR1, ARP with 95 % intervals.
 
     Writes results.json, per_query.csv (key, clique, ap, first_rank, rp) and settings.yaml."""
-    settings = load_settings(EvaluateSettings, config, checkpoint=checkpoint, model=model, store=store,
-                             dataset=dataset, split=split, metadata=metadata, output=output, cache=cache,
-                             chunk=chunk, overlap=overlap, topk=topk, batch_size=batch_size, gpus=gpus,
-                             accelerator=accelerator)
+    flags = dict(
+        checkpoint=checkpoint, model=model, store=store, dataset=dataset, split=split, metadata=metadata,
+        output=output, cache=cache, chunk=chunk, overlap=overlap, topk=topk, batch_size=batch_size,
+        gpus=gpus, accelerator=accelerator
+    )
+    flags = published_model_flags(model, flags)
+    settings = load_settings(EvaluateSettings, config, **flags)
     out = settings.run_dir()
     opts = EvalOptions(store=settings.store, output=out, checkpoint=settings.checkpoint, model=settings.model,
                        dataset=settings.dataset, split=settings.split, metadata=settings.metadata,
