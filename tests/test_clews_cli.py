@@ -43,7 +43,8 @@ def extracted(tmp_path_factory):
                        f"a,1,{AUDIO / 'tiny.wav'}\n"       # 0.1 s: shorter than one shingle
                        f"a,2,{AUDIO / 'silence.mp3'}\n"    # 20 s: exactly one shingle
                        f"b,1,{AUDIO / 'long.mp3'}\n"       # 38 s, capped at 30 s by --max-seconds
-                       f"b,2,{AUDIO / 'text.mp3'}\n")      # not audio
+                       f"b,2,{AUDIO / 'text.mp3'}\n"       # not audio
+                       f"b,3,{AUDIO / 'tiny.wav'}\n")
     ckpt = tiny_checkpoint(tmp / "checkpoint_best.ckpt")
     out = tmp / "store"
     args = ("extract", "clews", "--checkpoint", ckpt, "--dataset", "csv", "--metadata", listing,
@@ -59,7 +60,7 @@ def test_extract_writes_one_matrix_per_song(extracted):
     ckpt, out, first, _ = extracted
     assert first.returncode == 0, first.stderr
     store = Store(out)
-    assert sorted(store.keys()) == ["a/1", "a/2", "b/1"]
+    assert sorted(store.keys()) == ["a/1", "a/2", "b/1", "b/3"]
     assert store.dim == 16
     assert store.rows("a/1") == 1
     assert store.rows("a/2") == 1
@@ -89,8 +90,8 @@ def test_stored_embeddings_match_the_model_on_hand_cut_shingles(extracted):
 def test_resume_skips_stored_songs(extracted):
     _, out, first, second = extracted
     assert "stored" in first.stdout and "failed" in first.stdout
-    assert (second.stored, second.skipped, second.failed) == (0, 3, 1)  # the bad file is tried again
-    assert len(Store(out)) == 3
+    assert (second.stored, second.skipped, second.failed) == (0, 4, 1)  # the bad file is tried again
+    assert len(Store(out)) == 4
 
 
 def test_distances_from_the_extracted_store(extracted):
@@ -106,6 +107,34 @@ def test_distances_from_the_extracted_store(extracted):
             if min(d.shape) == 1:
                 assert dist[i, j] == pytest.approx(d.min(), rel=1e-4, abs=1e-6)
     assert np.allclose(np.diag(dist), 0, atol=1e-6)
+
+
+def test_clews_matrix_fuses_with_another_modality(extracted, tmp_path: Path):
+    """extract → CLEWS matrix file (the original pickle layout) → `wealy fuse` with a lyrics matrix."""
+    import json
+
+    from wealy_cli.cli import main
+    from wealy_cli.clews_distances import clews_distance_matrix
+    from wealy_cli.data import load_split
+    from wealy_cli.matrixfile import DistanceMatrix, read_matrix, write_matrix
+
+    _, out, _, _ = extracted
+    listing = out.parent / "songs.csv"
+    split = load_split("csv", "test", listing, check_audio=False)
+    clews = clews_distance_matrix(Store(out), split, redux="bpwr-5")
+    assert clews.query_keys == ["a/1", "a/2", "b/1", "b/3"]  # b/2 failed: restricted away
+    write_matrix(tmp_path / "clews.pkl", clews)
+    assert read_matrix(tmp_path / "clews.pkl").query_keys == clews.query_keys
+    lyrics = DistanceMatrix(np.array([[0, .1, .9, .9], [.1, 0, .9, .9], [.9, .9, 0, .1], [.9, .9, .1, 0]]),
+                            clews.query_keys, clews.query_keys, clews.query_cliques, clews.query_cliques)
+    write_matrix(tmp_path / "lyrics.npz", lyrics)
+    code = main(["--quiet", "fuse", str(tmp_path / "lyrics.npz"), str(tmp_path / "clews.pkl"),
+                 "-o", str(tmp_path / "fused"), "--alphas", "0:1:0.5"])
+    assert code == 0
+    summary = json.loads((tmp_path / "fused" / "fusion_summary.json").read_text())
+    clews_side = next(a for a in summary["alignment"] if a["input"] == "clews")
+    assert (clews_side["queries kept"], clews_side["queries lost"]) == (4, 0)  # keys align with the lyrics side
+    assert (tmp_path / "fused" / "fusion_results.csv").read_text().count("\n") >= 3
 
 
 def test_bad_checkpoint_and_options_are_user_errors(tmp_path: Path):
