@@ -172,3 +172,25 @@ def test_one_process_per_device_splits_the_songs(tmp_path: Path):
     assert sorted(shards) == ["w0", "w1"]  # rank 0: a/1, b/1; rank 1: a/2 (fails), b/2
     # the same file embedded by the two processes gives the same rows
     np.testing.assert_array_equal(store["a/1"], store["b/2"])
+
+
+def test_distances_command_with_clews_features(extracted, tmp_path: Path):
+    """`wealy distances --features clews --redux min` equals a brute-force min over shingle pairs."""
+    from wealy_cli.cli import main
+    from wealy_cli.matrixfile import read_matrix
+
+    _, out, _, _ = extracted
+    listing = out.parent / "songs.csv"
+    code = main(["--quiet", "distances", "--features", "clews", "--store", str(out), "--dataset", "csv",
+                 "--metadata", str(listing), "--redux", "min", "-o", str(tmp_path / "clews.npz")])
+    assert code == 0
+    m = read_matrix(tmp_path / "clews.npz")
+    store = Store(out)
+    for i, qk in enumerate(m.query_keys):
+        a = store[qk].astype(np.float64)
+        for j, ck in enumerate(m.candidate_keys):
+            b = store[ck].astype(np.float64)
+            expected = (((a[:, None] - b[None]) ** 2).sum(-1) / a.shape[1]).min()
+            assert m.distances[i, j] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert main(["distances", "--features", "clews", "--store", str(out), "--metadata", str(listing),
+                 "--dataset", "csv", "--redux", "best-3", "-o", str(tmp_path / "x.npz")]) == 2

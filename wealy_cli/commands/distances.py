@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
+
 import typer
 
 from .. import ui
@@ -27,6 +29,9 @@ class DistancesSettings(DataSettings):
     topk: int = 1
     batch_size: int = 32
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    features: Literal["wealy", "clews"] = "wealy"
+    redux: str = "bpwr-5"
+    block: int = Field(32, ge=1)
 
 
 def distances(
@@ -47,6 +52,13 @@ def distances(
     topk: int = typer.Option(None, "--topk", help="Mean of the k smallest chunk-pair cosine distances. [default: 1]"),
     batch_size: int = typer.Option(None, "--batch-size", help="Chunks per model call. [default: 32]"),
     accelerator: str = typer.Option(None, "--accelerator", help="auto, cpu or gpu. [default: auto]"),
+    features: str = typer.Option(None, "--features", help="wealy: embed the store with a trained model "
+                                 "(--checkpoint/--model); clews: CLEWS shingle embeddings from 'wealy extract "
+                                 "clews', compared pair by pair with --redux. [default: wealy]"),
+    redux: str = typer.Option(None, "--redux", help="CLEWS song distance from shingle-pair distances: bpwr-K "
+                              "(mean of K best pairs without replacement), min or mean. [default: bpwr-5]"),
+    block: int = typer.Option(None, "--block", help="CLEWS: songs per block of the streamed computation. "
+                              "[default: 32]"),
     config: Path = typer.Option(None, "--config", help="YAML settings file."),
 ) -> None:
     """Write the distance matrix of a split (rows = queries, columns = candidates, same versions),
@@ -54,7 +66,7 @@ def distances(
     flags = dict(
         checkpoint=checkpoint, model=model, store=store, output=output, format=format_, dataset=dataset,
         split=split, metadata=metadata, cache=cache, chunk=chunk, overlap=overlap, topk=topk,
-        batch_size=batch_size, accelerator=accelerator
+        batch_size=batch_size, accelerator=accelerator, features=features, redux=redux, block=block
     )
     flags = published_model_flags(model, flags)
     settings = load_settings(DistancesSettings, config, **flags)
@@ -65,11 +77,42 @@ def distances(
         raise UserError(f"--output {path}: unknown suffix {path.suffix!r}; use .npz, .h5 or .pkl, or give --format")
     if by_suffix is not None and settings.format is not None and by_suffix != settings.format:
         raise UserError(f"--output {path}: suffix {path.suffix!r} does not match --format {settings.format}")
-    opts = EvalOptions(store=settings.store, output=path.parent, checkpoint=settings.checkpoint,
-                       model=settings.model, dataset=settings.dataset, split=settings.split,
-                       metadata=settings.metadata, audio_dir=settings.audio_dir, chunk=settings.chunk,
-                       overlap=settings.overlap, topk=settings.topk, batch_size=settings.batch_size,
-                       cache=settings.cache, accelerator=settings.accelerator)
-    written, shape = write_distances(opts, path, fmt)
+    if settings.features == "clews":
+        written, shape = _clews_distances(settings, path, fmt)
+    else:
+        opts = EvalOptions(store=settings.store, output=path.parent, checkpoint=settings.checkpoint,
+                           model=settings.model, dataset=settings.dataset, split=settings.split,
+                           metadata=settings.metadata, audio_dir=settings.audio_dir, chunk=settings.chunk,
+                           overlap=settings.overlap, topk=settings.topk, batch_size=settings.batch_size,
+                           cache=settings.cache, accelerator=settings.accelerator)
+        written, shape = write_distances(opts, path, fmt)
     write_resolved(settings, path.parent, name=f"{path.name}.settings.yaml")
     ui.console.print(f"wrote {written} ({fmt}, {shape[0]}×{shape[1]})", highlight=False)
+
+
+def _clews_distances(settings: DistancesSettings, path: Path, fmt: str) -> tuple[Path, tuple[int, int]]:
+    """CLEWS shingle embeddings → song distances by --redux, streamed by blocks; prints metrics."""
+    import torch
+
+    from ..clews_distances import clews_distance_matrix
+    from ..data import load_split
+    from ..matrixfile import write_matrix
+    from ..metrics import retrieval_metrics
+    from ..store import Store
+
+    if settings.checkpoint is not None or settings.model is not None:
+        raise UserError("--features clews compares stored CLEWS embeddings; --checkpoint/--model do not apply")
+    if settings.accelerator == "gpu" and not torch.cuda.is_available():
+        raise UserError("--accelerator gpu: no CUDA device is available (use --accelerator cpu)")
+    device = "cuda" if settings.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
+    store = Store(settings.store)
+    split = load_split(settings.dataset, settings.split, settings.metadata, check_audio=False)
+    matrix = clews_distance_matrix(store, split, redux=settings.redux, block=settings.block, device=device)
+    written = write_matrix(path, matrix, fmt)
+    m = retrieval_metrics(matrix.distances, matrix.query_cliques, matrix.candidate_cliques,
+                          matrix.query_keys, matrix.candidate_keys)
+    rows = [("MAP", m.map, f"± {m.map_ci:.4f}"), ("MR1", m.mr1, f"± {m.mr1_ci:.2f}"),
+            ("ARP (%)", m.arp, f"± {m.arp_ci:.3f}")]
+    ui.show(ui.table(f"CLEWS {settings.redux}, {settings.dataset}/{settings.split}: {m.n_queries} queries",
+                     ("metric", "value", "95 % interval"), rows))
+    return written, matrix.distances.shape
