@@ -175,7 +175,7 @@ def test_random_transformers_whisper_through_ctranslate2(tmp_path, tiny_dir, wea
     fw = open_model(next((tmp_path / "cache" / "ct2").glob("random-whisper-*")), compute_type="float32")
     from faster_whisper.audio import pad_or_trim
 
-    mel = pad_or_trim(fw.feature_extractor(load_audio(AUDIO / "fox.mp3")))
+    mel = pad_or_trim(fw.feature_extractor(load_audio(AUDIO / "fox.mp3"))[:, :-1])  # content frames, as faster-whisper
     attrs = store.attrs("c1/a")
     window = attrs["windows"][0]
     tokens = window["tokens"]

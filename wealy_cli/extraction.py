@@ -15,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import numpy as np
 import torch
@@ -169,6 +170,8 @@ def load_models(settings: ExtractWhisperSettings, device: torch.device, threads:
     on_gpu = device.type == "cuda"
     transcriber = open_model(ct2_dir, device="cuda" if on_gpu else "cpu", device_index=device.index or 0,
                              compute_type=settings.compute_type, cpu_threads=threads)
+    if not transcriber.model.is_multilingual and settings.language not in ("auto", "en"):
+        raise UserError(f"--language {settings.language}: model {settings.model} is English-only (use en or auto)")
     network = load_ct2_whisper(torch_dir) if kind == "ct2" else load_transformers_whisper(torch_dir)
     dtype = {"auto": torch.float16 if on_gpu else torch.float32, "float32": torch.float32,
              "bfloat16": torch.bfloat16, "float16": torch.float16}[settings.precision]
@@ -276,19 +279,41 @@ def _write_features(pending: list[_Pending], network: Whisper, settings: Extract
 
 
 def window_features(network: Whisper, windows: list, features: str = "decoder", batch_size: int = 8) -> list[np.ndarray]:
-    """Rows per window: decoder rows for the fed tokens, or the encoder output (1500, d)."""
+    """Rows per window: decoder rows for the fed tokens, or the encoder output (1500, d).
+
+    The encoder runs batched (every window has the same shape). The decoder runs once per window
+    at its exact length and, on CPU, on one thread: padding to the longest window of a batch or
+    another thread count changes the floating-point summation order, and a song's rows must not
+    depend on which songs share its batch or how many workers run (stores made with 1 or N
+    workers are bitwise identical). It is the cheap part of the pass."""
     param = next(network.parameters())
     out: list[np.ndarray] = []
     for i in range(0, len(windows), batch_size):
         batch = windows[i:i + batch_size]
         mels = torch.from_numpy(np.stack([w.mel for w in batch])).to(param.device, param.dtype)
         with torch.inference_mode():
+            encoded = network.encoder(mels)
             if features == "encoder":
-                encoded = network.encoder(mels).float().cpu()
-                out.extend(e.numpy() for e in encoded)
-            else:
-                out.extend(r.numpy() for r in decoder_rows(network, mels, [w.tokens for w in batch]))
+                out.extend(e.float().cpu().numpy() for e in encoded)
+                continue
+            with _single_thread(param.device.type == "cpu"):
+                for j, window in enumerate(batch):
+                    (rows,) = decoder_rows(network, mels[j:j + 1], [window.tokens], audio_features=encoded[j:j + 1])
+                    out.append(rows.numpy())
     return out
+
+
+@contextmanager
+def _single_thread(active: bool) -> Iterator[None]:
+    """On CPU, short decoder GEMMs split their sums across threads, so results would depend on the
+    thread count (1 worker x 2 threads vs 2 workers x 1 thread); one thread makes them identical."""
+    before = torch.get_num_threads()
+    if active:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------- the whole run
