@@ -25,8 +25,8 @@ class FuseSettings(WealySettings):
 
 
 def fuse(
-    inputs: list[Path] = typer.Argument(None, help="Two or more distance-matrix files (.npz, .h5, or "
-                                        "pickles in wealy's or the original tools' layout)."),
+    inputs: list[Path] = typer.Argument(None, help="Two or more distance-matrix files (.npz, .h5, or .pkl "
+                                        "in the original tools' layout)."),
     output: Path = typer.Option(None, "--output", "-o", help="Output folder. [required]"),
     alphas: str = typer.Option(None, "--alphas", help="Weights of each extra input: start:stop:step "
                                "(stop included) or a list 0,0.5,1. [default: 0:2:0.1]"),
