@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,7 @@ def test_rerun_resumes_without_redoing_stored_songs(runs, wealy):
     again = wealy("extract", "whisper", "--dataset", "csv", "--metadata", csv, "--compute-type", "int8",
                   "-o", root / "one")
     assert again.returncode == 0, again.stderr
-    assert "already stored (skipped) │ 5" in again.stdout
+    assert re.search(r"already stored \(skipped\)\s*│\s*5\s", again.stdout), again.stdout
     assert sorted(p.name for p in Store(root / "one").shards) == shards
 
 
@@ -116,8 +117,7 @@ def test_exit_code_1_when_nothing_succeeds_and_user_errors(tmp_path, wealy):
     assert set(Store(tmp_path / "s").failures()) == set(FAILING)
 
     good = write_csv(tmp_path / "good.csv", GOOD)
-    cases = [(("--language", "fr"), "--language fr"), (("--features", "pixels"), "--features"),
-             (("--model", str(tmp_path / "nowhere")), "--model")]
+    cases = [(("--language", "fr"), "--language fr"), (("--model", str(tmp_path / "nowhere")), "--model")]
     for flags, expected in cases:
         bad = wealy("extract", "whisper", "--dataset", "csv", "--metadata", good, "-o", tmp_path / "e", *flags)
         assert bad.returncode == 2, bad.stderr
