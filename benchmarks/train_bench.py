@@ -100,10 +100,10 @@ def main() -> None:
         for dim in (384, 1280):
             params = count_parameters(build_model(ModelConfig(input_channels=dim)))
             step = step_rate(dim, args.device, args.batch, args.steps, bf16)
+            print(f"d_in {dim:5d}  {params / 1e6:5.2f} M params  step {step:8.3f} samples/s", flush=True)
             loop = loop_rate(dim, args.device, args.batch, args.steps, Path(tmp))
             results[dim] = (step, loop)
-            print(f"d_in {dim:5d}  {params / 1e6:5.2f} M params  step {step:8.2f} samples/s  "
-                  f"loop {loop:8.2f} samples/s  loop/step {loop / step:.2f}")
+            print(f"d_in {dim:5d}  loop {loop:8.3f} samples/s  loop/step {loop / step:.2f}", flush=True)
     print(f"ratio 384:1280  step {results[384][0] / results[1280][0]:.2f}  loop {results[384][1] / results[1280][1]:.2f}")
 
 
