@@ -161,7 +161,7 @@ def test_random_transformers_whisper_through_ctranslate2(tmp_path, tiny_dir, wea
     csv.write_text(f"clique,version,path\nc1,a,{AUDIO / 'fox.mp3'}\nc1,b,{AUDIO / 'tiny.wav'}\n")
     out = tmp_path / "store"
     result = wealy("extract", "whisper", "--dataset", "csv", "--metadata", csv, "--model", model_dir, "-o", out,
-                   "--compute-type", "float32", env={"WEALY_CACHE": str(tmp_path / "cache")})
+                   "--compute-type", "int8", env={"WEALY_CACHE": str(tmp_path / "cache")})  # PyTorch encoder path
     assert result.returncode == 0, result.stderr
     assert list((tmp_path / "cache" / "ct2").glob("random-whisper-*/model.bin"))
 

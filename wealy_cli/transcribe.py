@@ -51,6 +51,7 @@ class Window:
     text: str  # text of the segments kept from this window ("" when skipped as no speech)
     temperature: float
     no_speech: bool
+    audio_features: np.ndarray | None = None  # CTranslate2's encoder output (1500, d), when kept
 
 
 @dataclass
@@ -77,8 +78,12 @@ def open_model(model_dir: Path, device: str = "cpu", device_index: int = 0, comp
         raise UserError(f"--compute-type {compute_type}: {err}") from err
 
 
-def transcribe(model: WhisperModel, audio: np.ndarray, options: DecodeOptions) -> Transcript:
-    """Decode ``audio`` (16 kHz mono) window by window; see the module docstring."""
+def transcribe(model: WhisperModel, audio: np.ndarray, options: DecodeOptions,
+               keep_encoder_output: bool = False) -> Transcript:
+    """Decode ``audio`` (16 kHz mono) window by window; see the module docstring.
+
+    ``keep_encoder_output`` keeps each window's encoder output (CPU models only), so the feature
+    pass need not run the encoder a second time."""
     ctranslate2.set_random_seed(options.seed)
     fx = model.feature_extractor
     features = fx(audio)  # log-mel of the unpadded audio; each window is padded afterwards
@@ -98,14 +103,15 @@ def transcribe(model: WhisperModel, audio: np.ndarray, options: DecodeOptions) -
         segment_size = min(fx.nb_max_frames, content_frames - seek)
         mel = pad_or_trim(features[:, seek:seek + segment_size])
         prompt = model.get_prompt(tokenizer, all_tokens[prompt_reset_since:])
-        decoded, avg_logprob, temperature, _ = model.generate_with_fallback(
-            model.encode(mel), prompt, tokenizer, fw_options)
+        encoded = model.encode(mel)
+        decoded, avg_logprob, temperature, _ = model.generate_with_fallback(encoded, prompt, tokenizer, fw_options)
         generated = list(decoded.sequences_ids[0])
         fed = prompt + generated
         if len(fed) >= model.max_length:  # stopped by the length limit: the last token was never fed
             fed = fed[:-1]
         window = Window(time_offset, time_offset + segment_size * fx.time_per_frame, mel, fed, len(prompt),
-                        "", temperature, no_speech=False)
+                        "", temperature, no_speech=False,
+                        audio_features=np.array(encoded)[0] if keep_encoder_output else None)
         result.windows.append(window)
 
         if _no_speech(decoded, avg_logprob, options):

@@ -133,7 +133,7 @@ class Whisper(nn.Module):
 
 
 @torch.inference_mode()
-def decoder_rows(model: Whisper, mels: Tensor, sequences: list[list[int]],
+def decoder_rows(model: Whisper, mels: Tensor | None, sequences: list[list[int]],
                  audio_features: Tensor | None = None) -> list[Tensor]:
     """One teacher-forced pass per window: rows (len(seq), d) for each window's fed tokens.
 

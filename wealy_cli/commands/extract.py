@@ -23,7 +23,8 @@ def whisper(
                                  "\\[default: auto]"),
     prompt: str = typer.Option(None, "--prompt", help="Initial prompt. \\[default: lyrics:]"),
     compute_type: str = typer.Option(None, "--compute-type", help="CTranslate2 compute type for decoding: auto, "
-                                     "int8, float32, float16, int8_float16 ... \\[default: auto]"),
+                                     "int8, float32, float16, int8_float16 ...; auto = float32 on CPU (its encoder "
+                                     "output is reused), float16 on GPU. \\[default: auto]"),
     precision: str = typer.Option(None, "--precision", help="PyTorch feature pass: auto (float32 on CPU, float16 on "
                                   "GPU), float32, bfloat16, float16. \\[default: auto]"),
     batch_size: int = typer.Option(None, "--batch-size", help="30 s windows per PyTorch pass. \\[default: 8]"),
