@@ -9,30 +9,30 @@ app = typer.Typer(help="Extract features into an embedding store.", no_args_is_h
 
 @app.command("whisper")
 def whisper(
-    dataset: str = typer.Option(None, "--dataset", help="shs, lyric-covers, discogs-vi or csv. \\[default: shs]"),
-    split: str = typer.Option(None, "--split", help="train, val, test or all. \\[default: all]"),
-    metadata: str = typer.Option(None, "--metadata", help="Split files (folder or CSV). \\[default: bundled]"),
+    dataset: str = typer.Option(None, "--dataset", help="shs, lyric-covers, discogs-vi or csv. [default: shs]"),
+    split: str = typer.Option(None, "--split", help="train, val, test or all. [default: all]"),
+    metadata: str = typer.Option(None, "--metadata", help="Split files (folder or CSV). [default: bundled]"),
     audio_dir: str = typer.Option(None, "--audio-dir", help="Folder with the audio files."),
     out: str = typer.Option(None, "--out", "-o",
-                            help="Store directory to create or resume. \\[default: runs/stores/DATASET-SPLIT-whisper]"),
+                            help="Store directory to create or resume. [default: runs/stores/DATASET-SPLIT-whisper]"),
     model: str = typer.Option(None, "--model", help="tiny.en (packaged, offline), a faster-whisper or transformers "
-                              "directory, or a Hugging Face id (e.g. openai/whisper-large-v3-turbo). \\[default: tiny.en]"),
+                              "directory, or a Hugging Face id (e.g. openai/whisper-large-v3-turbo). [default: tiny.en]"),
     features: str = typer.Option(None, "--features", help="decoder (rows per fed token) or encoder (1500 rows "
-                                 "per 30 s window). \\[default: decoder]"),
+                                 "per 30 s window). [default: decoder]"),
     language: str = typer.Option(None, "--language", help="auto (detected once per song), en, or a language code. "
-                                 "\\[default: auto]"),
-    prompt: str = typer.Option(None, "--prompt", help="Initial prompt. \\[default: lyrics:]"),
+                                 "[default: auto]"),
+    prompt: str = typer.Option(None, "--prompt", help="Initial prompt. [default: lyrics:]"),
     compute_type: str = typer.Option(None, "--compute-type", help="CTranslate2 compute type for decoding: auto, "
                                      "int8, float32, float16, int8_float16 ...; auto = float32 on CPU (its encoder "
-                                     "output is reused), float16 on GPU. \\[default: auto]"),
+                                     "output is reused), float16 on GPU. [default: auto]"),
     precision: str = typer.Option(None, "--precision", help="PyTorch feature pass: auto (float32 on CPU, float16 on "
-                                  "GPU), float32, bfloat16, float16. \\[default: auto]"),
-    batch_size: int = typer.Option(None, "--batch-size", help="30 s windows per PyTorch pass. \\[default: 8]"),
-    max_seconds: float = typer.Option(None, "--max-seconds", help="Audio read per song. \\[default: 300]"),
-    gpus: int = typer.Option(None, "--gpus", help="GPUs per node, one process each; 0 = CPU. \\[default: 0]"),
-    workers: int = typer.Option(None, "--workers", help="CPU processes when --gpus is 0. \\[default: 1]"),
-    nodes: int = typer.Option(None, "--nodes", help="Machines (SLURM or torchrun launch). \\[default: 1]"),
-    limit: int = typer.Option(None, "--limit", help="Only the first N versions. \\[default: all]"),
+                                  "GPU), float32, bfloat16, float16. [default: auto]"),
+    batch_size: int = typer.Option(None, "--batch-size", help="30 s windows per PyTorch pass. [default: 8]"),
+    max_seconds: float = typer.Option(None, "--max-seconds", help="Audio read per song. [default: 300]"),
+    gpus: int = typer.Option(None, "--gpus", help="GPUs per node, one process each; 0 = CPU. [default: 0]"),
+    workers: int = typer.Option(None, "--workers", help="CPU processes when --gpus is 0. [default: 1]"),
+    nodes: int = typer.Option(None, "--nodes", help="Machines (SLURM or torchrun launch). [default: 1]"),
+    limit: int = typer.Option(None, "--limit", help="Only the first N versions. [default: all]"),
     config: str = typer.Option(None, "--config", help="YAML settings file."),
 ) -> None:
     """Whisper decoder features, transcriptions and languages of a dataset into a store."""
@@ -61,12 +61,12 @@ def whisper(
 
 @app.command("sbert")
 def sbert(
-    store: str = typer.Argument(None, help="Whisper store whose transcriptions are embedded. \\[required]"),
-    out: str = typer.Option(None, "--out", "-o", help="Store directory to create or resume. \\[default: STORE-sbert]"),
+    store: str = typer.Argument(None, help="Whisper store whose transcriptions are embedded. [required]"),
+    out: str = typer.Option(None, "--out", "-o", help="Store directory to create or resume. [default: STORE-sbert]"),
     model: str = typer.Option(None, "--model", help="all-MiniLM-L6-v2 (packaged, offline), a sentence-transformers "
-                              "directory or a Hugging Face id. \\[default: all-MiniLM-L6-v2]"),
-    batch_size: int = typer.Option(None, "--batch-size", help="Texts per batch. \\[default: 64]"),
-    device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1 ... \\[default: auto]"),
+                              "directory or a Hugging Face id. [default: all-MiniLM-L6-v2]"),
+    batch_size: int = typer.Option(None, "--batch-size", help="Texts per batch. [default: 64]"),
+    device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1 ... [default: auto]"),
     config: str = typer.Option(None, "--config", help="YAML settings file."),
 ) -> None:
     """SBERT embeddings (1 x dim per song) of the transcriptions stored by 'extract whisper'."""
