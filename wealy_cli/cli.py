@@ -10,7 +10,7 @@ import typer
 from typer.exceptions import Abort, Exit, TyperException
 
 from . import __version__, ui
-from .commands import baselines, distances, evaluate, extract, fuse, models, store, train
+from .commands import baselines, demo, distances, evaluate, extract, fuse, models, store, train
 from .errors import NotYetAvailable, UserError
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app.command("evaluate")(evaluate.evaluate)
 app.command("distances")(distances.distances)
 app.command("baselines")(baselines.baselines)
 app.command("fuse")(fuse.fuse)
+app.command("demo")(demo.demo)
 
 GLOBAL_FLAGS = ("--debug", "--quiet")
 
