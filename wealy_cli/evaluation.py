@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from . import ui
 from .data import DatasetSplit, load_split
 from .errors import UserError
+from .files import write_atomically
 from .metrics import Metrics
 from .retrieval import (EmbedOptions, SongSet, all_against_all, available_memory, dense_distances, embed_chunks,
                         embedding_groups, load_songs, memory_needed, summary)
@@ -228,25 +228,19 @@ def write_results(result: EvalResult, opts: EvalOptions) -> None:
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
     payload = {"metrics": result.metrics.to_dict(), "dataset": opts.dataset, "split": opts.split,
                "seconds": round(result.seconds, 3), "info": result.info, "options": options}
-    _atomic_text(out / RESULTS, json.dumps(payload, indent=2, default=str) + "\n")
+    write_atomically(out / RESULTS, json.dumps(payload, indent=2, default=str) + "\n")
     rows = ["key,clique,ap,first_rank,rp"]
     m, versions = result.metrics, result.split.versions
     for q, ap, first, rp in zip(m.query_index, m.ap, m.first_rank, m.rp):
         v = versions[int(q)]
         rows.append(f"{_csv(v.key)},{_csv(v.clique)},{ap:.6f},{int(first)},{rp:.4f}")
-    _atomic_text(out / PER_QUERY, "\n".join(rows) + "\n")
+    write_atomically(out / PER_QUERY, "\n".join(rows) + "\n")
 
 
 def _csv(value: str) -> str:
     if any(c in value for c in ',"\n'):
         return '"' + value.replace('"', '""') + '"'
     return value
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def read_per_query(path: Path) -> list[dict[str, str]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from .errors import UserError
+from .files import replace_atomically, temporary_name, write_atomically
 
 ARCHS = ("transformer", "avgmlp")
 POOLS = ("gem", "mean")
@@ -200,22 +200,6 @@ def count_parameters(model: nn.Module) -> int:
 # ---------------------------------------------------------------- saving and loading
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_replace(tmp: Path, final: Path) -> None:
-    """fsync ``tmp`` and rename it over ``final``: a crash leaves the old or the new file."""
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-
-
 def save_weights(path: Path, model: nn.Module, cfg: ModelConfig, extra: dict[str, Any] | None = None) -> Path:
     """Write ``<path>.safetensors`` and ``<path>.config.json`` (``path`` has no suffix, e.g.
     ``run_dir / "best"``). Returns the weights file."""
@@ -225,12 +209,10 @@ def save_weights(path: Path, model: nn.Module, cfg: ModelConfig, extra: dict[str
     config = path.with_name(path.name + ".config.json")
     payload = {"model": cfg.to_dict(), **(extra or {})}
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in _unwrap(model).state_dict().items()}
-    tmp = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")
+    tmp = temporary_name(weights)
     save_file(state, str(tmp), metadata={_META_KEY: json.dumps(cfg.to_dict()), "format": "pt"})
-    atomic_replace(tmp, weights)
-    tmp = config.with_name(f".{config.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
-    atomic_replace(tmp, config)
+    replace_atomically(tmp, weights)
+    write_atomically(config, json.dumps(payload, indent=2, default=str))
     return weights
 
 

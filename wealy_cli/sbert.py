@@ -44,7 +44,7 @@ class SbertSummary:
     wall_seconds: float = 0.0
 
 
-def load_sentence_model(name: str, device: str = "auto"):
+def load_sentence_model(name: str, device: str = "auto", option: str = "--model"):
     """The packaged all-MiniLM-L6-v2 (offline) for its name, else any model id or directory."""
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
@@ -58,7 +58,7 @@ def load_sentence_model(name: str, device: str = "auto"):
     try:
         return SentenceTransformer(path, device=None if device == "auto" else device)
     except Exception as err:  # missing directory, offline hub, not a sentence-transformers model
-        raise UserError(f"--model {name}: cannot load a sentence-transformers model "
+        raise UserError(f"{option} {name}: cannot load a sentence-transformers model "
                         f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
 
 

@@ -23,6 +23,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import UserError
+from .files import write_atomically
 
 ENV_PREFIX = "WEALY_"
 _FILE_LAYERS: contextvars.ContextVar[tuple[dict[str, Any], dict[str, Any]]] = contextvars.ContextVar(
@@ -210,10 +211,7 @@ def write_resolved(settings: WealySettings, directory: Path, name: str = "settin
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
     payload = {"command": settings.section, **settings.resolved()}
-    tmp = path.with_name(f".{name}.tmp")
-    tmp.write_text(yaml.safe_dump(payload, sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, yaml.safe_dump(payload, sort_keys=False))
 
 
 # ---------------------------------------------------------------- shared parts

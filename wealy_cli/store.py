@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 
 from .errors import UserError
+from .files import replace_atomically
 
 MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
@@ -45,25 +46,6 @@ def settings_hash(settings: dict[str, Any]) -> str:
     """Stable short hash of the settings that determine an item's content."""
     blob = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so that a crash leaves either the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _shard_paths(directory: Path) -> list[Path]:
@@ -202,10 +184,7 @@ class StoreWriter:
             h5.create_dataset("meta", data=[json.dumps(m, default=str) for _, _, m in self._buffer],
                               dtype=h5py.string_dtype())
             h5.flush()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        replace_atomically(tmp, final)
         self._buffer.clear()
         self._buffer_bytes = 0
         self._seq += 1

@@ -49,7 +49,8 @@ from .data import DatasetSplit
 from .errors import UserError
 from .losses import LossConfig, make_loss
 from .metrics import Metrics, comp, retrieval_metrics
-from .model import ModelConfig, atomic_replace, build_model, save_weights
+from .files import replace_atomically
+from .model import ModelConfig, build_model, save_weights
 from .store import Store
 
 STATE = "state.pt"
@@ -249,7 +250,7 @@ def write_state(path: Path, state: dict[str, Any]) -> None:
     torch.save(state, buffer)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(buffer.getvalue())
-    atomic_replace(tmp, path)
+    replace_atomically(tmp, path)
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -267,7 +268,7 @@ def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
     writer.writerows(history)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    atomic_replace(tmp, path)
+    replace_atomically(tmp, path)
 
 
 class _TensorBoard:
