@@ -37,7 +37,6 @@ import scipy.sparse as sp
 from . import ui
 from .errors import UserError
 from .matrixfile import DistanceMatrix, MatrixFormat, write_matrix
-from .metrics import retrieval_metrics
 from .sbert import DEFAULT_SBERT, load_sentence_model
 from .transcripts import ValidityRules, clean, is_valid
 
@@ -260,6 +259,8 @@ def run_baselines(corpus: Corpus, names: Sequence[str], out_dir: Path, opts: Bas
                   save_format: MatrixFormat | None = None, info: dict | None = None) -> dict[str, dict]:
     """Compute every baseline in ``names``, evaluate it, write ``baseline_results.json`` and
     ``comparison_table.txt`` (and ``<name>_distances.<ext>`` when ``save_format`` is given)."""
+    from .metrics import retrieval_metrics  # torch: imported when needed
+
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     with ui.progress() as bar:

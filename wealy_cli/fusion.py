@@ -30,7 +30,6 @@ import numpy as np
 from . import ui
 from .errors import UserError
 from .matrixfile import DistanceMatrix
-from .metrics import retrieval_metrics
 
 Normalization = Literal["none", "zscore", "rank"]
 MAX_COMBINATIONS = 10_000
@@ -194,6 +193,8 @@ def combine(distances: Sequence[np.ndarray], weights: Sequence[float]) -> np.nda
 
 def fuse_grid(aligned: Alignment, alphas: Sequence[float], method: Normalization = "none") -> list[FusionRow]:
     """Metrics of every weight combination (see module docstring)."""
+    from .metrics import retrieval_metrics  # torch: imported when needed
+
     own = own_entries(aligned.query_keys, aligned.candidate_keys)
     normed = [normalize(d, method, own) for d in aligned.distances]
     grid = weight_grid(alphas, len(normed))

@@ -11,8 +11,6 @@ import typer
 
 from .. import ui
 from ..errors import UserError
-from ..evaluation import EvalOptions, published_model_flags, write_distances
-from ..matrixfile import SUFFIXES
 from ..settings import CreatableDir, DataSettings, ExistingDir, ExistingPath, load_settings, write_resolved
 
 
@@ -63,6 +61,9 @@ def distances(
 ) -> None:
     """Write the distance matrix of a split (rows = queries, columns = candidates, same versions),
     with query and candidate references (clique, version) and metadata."""
+    from ..evaluation import EvalOptions, published_model_flags, write_distances
+    from ..matrixfile import SUFFIXES
+
     flags = dict(
         checkpoint=checkpoint, model=model, store=store, output=output, format=format_, dataset=dataset,
         split=split, metadata=metadata, cache=cache, chunk=chunk, overlap=overlap, topk=topk,

@@ -8,8 +8,6 @@ from typing import Literal
 import typer
 
 from .. import ui
-from ..evaluation import PER_QUERY, RESULTS, EvalOptions, published_model_flags
-from ..evaluation import evaluate as run_evaluation
 from ..settings import CreatableDir, DataSettings, ExistingDir, ExistingPath, load_settings, write_resolved
 
 
@@ -59,6 +57,8 @@ def evaluate(
     """Evaluate a model all-against-all on a split: MAP, MR1, ARP with 95 % intervals.
 
     Writes results.json, per_query.csv (key, clique, ap, first_rank, rp) and settings.yaml."""
+    from ..evaluation import EvalOptions, PER_QUERY, RESULTS, evaluate as run_evaluation, published_model_flags
+
     flags = dict(
         checkpoint=checkpoint, model=model, store=store, dataset=dataset, split=split, metadata=metadata,
         output=output, cache=cache, chunk=chunk, overlap=overlap, topk=topk, batch_size=batch_size,

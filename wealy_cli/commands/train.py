@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import typer
 
 from .. import ui
-from ..data import load_split
-from ..losses import LossConfig
-from ..model import ModelConfig, count_parameters, build_model
 from ..settings import CreatableDir, DataSettings, ExistingDir, SplitName, load_settings, write_resolved
-from ..store import Store
-from ..training import TrainOptions, train as run_training
+
+if TYPE_CHECKING:  # the library is imported when the command runs, keeping --help fast
+    from ..training import TrainOptions
 
 
 class TrainSettings(DataSettings):
@@ -60,6 +58,10 @@ class TrainSettings(DataSettings):
 
 
 def options_from(settings: TrainSettings, input_channels: int) -> TrainOptions:
+    from ..losses import LossConfig
+    from ..model import ModelConfig
+    from ..training import TrainOptions
+
     model = ModelConfig(input_channels=input_channels, hidden_dim=settings.hidden_dim, zdim=settings.zdim,
                         num_transformer_blocks=settings.num_transformer_blocks, num_heads=settings.num_heads,
                         ff_dim=settings.ff_dim, dropout=settings.dropout, pool_type=settings.pool_type,
@@ -127,6 +129,11 @@ def train(
 ) -> None:
     """Train a WEALY model contrastively on a feature store; checkpoints go to --output."""
     settings = load_settings(TrainSettings, config, **{k: v for k, v in locals().items() if k != "config"})
+    from ..data import load_split  # heavy imports after the flags are read (keeps --help fast)
+    from ..model import build_model, count_parameters
+    from ..store import Store
+    from ..training import train as run_training
+
     feature_store = Store(settings.store)
     train_split = load_split(settings.dataset, settings.split, settings.metadata, check_audio=False)
     val_split = load_split(settings.dataset, settings.val_split, settings.metadata, check_audio=False)
