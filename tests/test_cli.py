@@ -45,7 +45,7 @@ def test_store_info_and_verify(tmp_path):
 
 
 def test_user_errors_are_one_line_exit_2(tmp_path):
-    assert_user_error(run_wealy("store", "info", tmp_path / "missing"), "missing is not an existing directory")
+    assert_user_error(run_wealy("store", "info", tmp_path / "missing"), "argument DIRECTORY", "missing is not an existing directory")
     assert_user_error(run_wealy("store", "info", tmp_path), "not a wealy store")
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("values: [1,\n")

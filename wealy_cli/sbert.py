@@ -24,6 +24,7 @@ DEFAULT_SBERT = "all-MiniLM-L6-v2"
 
 class ExtractSbertSettings(WealySettings):
     section = "extract_sbert"
+    arguments = ("store",)
     store: ExistingDir
     out: CreatableDir | None = None
     model: str = DEFAULT_SBERT

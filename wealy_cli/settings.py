@@ -94,6 +94,7 @@ class WealySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
     section: ClassVar[str] = ""
+    arguments: ClassVar[tuple[str, ...]] = ()  # fields given as positional arguments, not --flags
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -193,7 +194,7 @@ def describe_validation_error(err: ValidationError, cls: type[WealySettings]) ->
     first = err.errors()[0]
     loc = [str(p) for p in first.get("loc", ())]
     name = loc[0] if loc else "?"
-    flag = "--" + name.replace("_", "-")
+    flag = f"argument {name.upper()}" if name in cls.arguments else "--" + name.replace("_", "-")
     env = ENV_PREFIX + name.upper()
     msg = first.get("msg", "invalid value").removeprefix("Value error, ")
     if first.get("type") == "extra_forbidden":

@@ -17,6 +17,7 @@ from ..settings import CreatableDir, ExistingFile, WealySettings, load_settings,
 
 class FuseSettings(WealySettings):
     section = "fuse"
+    arguments = ("inputs",)
     inputs: list[ExistingFile]
     output: CreatableDir
     alphas: str = "0:2:0.1"

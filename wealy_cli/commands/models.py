@@ -24,6 +24,7 @@ class ModelsSettings(WealySettings):
 
 class _ImportSettings(ModelsSettings):
     section = "models_import"
+    arguments = ("checkpoint",)
     checkpoint: Path  # checked by load_checkpoint, which names the argument
     original_config: Path | None = None  # the original configuration.yaml (--config)
     out: CreatableDir
@@ -31,6 +32,7 @@ class _ImportSettings(ModelsSettings):
 
 class _UploadSettings(ModelsSettings):
     section = "models_upload"
+    arguments = ("run_dir",)
     run_dir: Path  # checked by build_upload_folder, which names the argument
 
 

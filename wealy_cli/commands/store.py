@@ -15,6 +15,7 @@ app = typer.Typer(help="Inspect and check embedding stores.", no_args_is_help=Tr
 
 class StoreSettings(WealySettings):
     section = "store"
+    arguments = ("directory",)
     directory: ExistingDir
     values: bool = True
 
