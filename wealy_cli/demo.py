@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
+from .data import load_split
 from .errors import UserError
 
 Runner = Callable[[list[str]], int]
@@ -39,7 +40,7 @@ class DemoOptions:
     # A small WEALY for a CPU minute; the paper's sizes are `wealy train`'s defaults.
     model_flags: list[str] = field(default_factory=lambda: [
         "--hidden-dim", "256", "--zdim", "128", "--layers", "2", "--heads", "4", "--ff-dim", "512",
-        "--dropout", "0.1", "--batch-size", "16", "--chunk", "512", "--workers", "0", "--warmup-epochs", "5",
+        "--dropout", "0.1", "--chunk", "512", "--workers", "0", "--warmup-epochs", "5",
         "--lr", "5e-4", "--min-lr", "1e-7"])
 
 
@@ -75,8 +76,11 @@ class Demo:
         extract = ["extract", "whisper", *self._data("all"), "--out", str(self.whisper_store)]
         if o.whisper_model:
             extract += ["--model", o.whisper_model]
+        # A batch of at most 16 items, never more than the training split holds.
+        n_train = len(load_split("csv", "train", o.collection, check_audio=False))
+        batch = str(max(2, min(16, n_train)))
         train = ["train", "--store", str(self.whisper_store), *self._data(None), "--output", str(self.train_dir),
-                 "--time-limit", str(o.train_minutes), "--max-epochs", str(o.max_epochs), "--seed", str(o.seed),
+                 "--batch-size", batch, "--time-limit", str(o.train_minutes), "--max-epochs", str(o.max_epochs), "--seed", str(o.seed),
                  "--accelerator", "cpu", "--gpus", "1", *o.model_flags]
         model = ["--checkpoint", str(self.train_dir), "--store", str(self.whisper_store), *self._data(),
                  "--accelerator", "cpu"]

@@ -70,7 +70,7 @@ def embed_store(settings: ExtractSbertSettings) -> SbertSummary:
     if not keys:
         raise UserError(f"--store {settings.store}: the store has no items")
     model = load_sentence_model(settings.model, settings.device)
-    dim = int(model.get_sentence_embedding_dimension())
+    dim = int((getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)())
     content = {"extractor": "sbert", "model": settings.model, "source_settings_hash": source.manifest.get("settings_hash")}
     summary = SbertSummary(items=len(keys), dim=dim)
     with StoreWriter(settings.output_dir(), dim, settings=content, kind="sbert") as writer, ui.progress() as bar:
