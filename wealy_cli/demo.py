@@ -163,7 +163,7 @@ def _metrics(result: dict) -> dict:
     return _pick(result.get("metrics", result))
 
 
-def plot_comparison(rows: list[dict], path: Path) -> Path:
+def plot_comparison(rows: list[dict], path: Path, title: str = "wealy demo") -> Path:
     """Horizontal bars of MAP with 95 % intervals, one per method."""
     import matplotlib
 
@@ -178,7 +178,7 @@ def plot_comparison(rows: list[dict], path: Path) -> Path:
     ax.invert_yaxis()
     ax.set_xlim(0, 1.05)
     ax.set_xlabel("MAP (test split, 95 % interval)")
-    ax.set_title("wealy demo: version identification from sung lyrics")
+    ax.set_title(f"{title}: version identification from sung lyrics")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -64,7 +64,7 @@ def demo(
     steps = pipeline.run(main, on_step=report)
     write_resolved(settings, run)
     rows = pipeline.comparison()
-    figure = plot_comparison(rows, run / "comparison.png")
+    figure = plot_comparison(rows, run / "comparison.png", title=f"wealy, {opts.collection.parent.name}")
     (run / "comparison.json").write_text(json.dumps({"rows": rows, "steps": [
         {"step": s.name, "seconds": s.seconds, "skipped": s.skipped} for s in steps]}, indent=2))
     ui.show(ui.table("steps", ("step", "time"), [
