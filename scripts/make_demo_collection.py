@@ -10,7 +10,6 @@ part of the lyrics or swap its halves. Needs espeak-ng, sox and ffmpeg. Determin
 from __future__ import annotations
 
 import argparse
-import csv
 import random
 import sys
 from pathlib import Path
@@ -51,10 +50,7 @@ def main() -> None:
             rows.append({"clique": name, "version": str(v), "path": str(rel), "split": split,
                          "voice": rendition.voice, "music_gain": f"{rendition.music_gain:.2f}"})
             print(f"{rel}  {split}  {rendition.voice}", flush=True)
-    with open(args.out / "collection.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    synth.write_collection(args.out / "collection.csv", rows)
     print(f"{len(rows)} versions of {len(songs)} songs in {args.out}")
 
 

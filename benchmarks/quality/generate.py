@@ -11,7 +11,6 @@ Needs espeak-ng, sox and ffmpeg. Deterministic for a given --seed.
 from __future__ import annotations
 
 import argparse
-import csv
 import random
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -70,11 +69,7 @@ def main() -> None:
         for i, _ in enumerate(pool.map(synth.render, *zip(*jobs))):
             if i % 20 == 0:
                 print(f"{i + 1}/{len(jobs)}", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "collection.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    synth.write_collection(args.out / "collection.csv", rows)
     print(f"{len(rows)} versions of {len(songs)} songs in {args.out}")
 
 

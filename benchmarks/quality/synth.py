@@ -97,6 +97,17 @@ def render(r: Rendition, out: Path, max_seconds: float = 20.0, bitrate: str = "2
     return out
 
 
+def write_collection(path: Path, rows: list[dict[str, str]]) -> None:
+    """The collection CSV in wealy's `csv` dataset format (clique,version,path,split + extras)."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def random_rendition(rng: random.Random, lines: list[str], music_gain: tuple[float, float] = (0.15, 0.35)) -> Rendition:
     return Rendition(
         voice=rng.choice(VOICES),
