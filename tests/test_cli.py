@@ -24,6 +24,9 @@ def test_version_and_help():
     for command in ("extract", "train", "evaluate", "distances", "baselines", "fuse", "models", "store"):
         assert command in out
     assert "--install-completion" in out
+    for bare in (("",), ("store",), ("models",)):  # a group without a command shows its help
+        proc = run_wealy(*[a for a in bare if a])
+        assert proc.returncode == 0 and proc.stdout.startswith("Usage: wealy"), proc.stderr
 
 
 def test_store_info_and_verify(tmp_path):

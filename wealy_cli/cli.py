@@ -11,7 +11,7 @@ from typer.exceptions import Abort, Exit, TyperException
 
 from . import __version__, ui
 from .commands import baselines, demo, distances, evaluate, extract, fuse, models, store, train
-from .errors import NotYetAvailable, UserError
+from .errors import UserError
 
 app = typer.Typer(
     name="wealy",
@@ -77,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exit as stop:
         return stop.exit_code
     except TyperException as err:  # usage errors: unknown command/option, bad choice, missing argument
-        if getattr(err, "exit_code", 2) == 0 or type(err).__name__ == "NoArgsIsHelpError":
-            return 0 if getattr(err, "exit_code", 2) == 0 else 2
+        if type(err).__name__ == "NoArgsIsHelpError":  # `wealy` or `wealy store` alone: show the help
+            typer.echo(err.format_message())
+            return 0
+        if getattr(err, "exit_code", 2) == 0:
+            return 0
         ctx = getattr(err, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         return _fail(err.format_message() + hint, debug)
@@ -86,8 +89,6 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("interrupted", debug, code=130)
     except KeyboardInterrupt:
         return _fail("interrupted; rerun the same command to resume", debug, code=130)
-    except NotYetAvailable as err:
-        return _fail(str(err), debug, code=3)
     except UserError as err:
         # Library modules raise UserError subclasses (DatasetError, StoreError, ...) for bad input.
         return _fail(str(err) or type(err).__name__, debug)

@@ -5,7 +5,3 @@ from __future__ import annotations
 
 class UserError(Exception):
     """Bad input: a missing file, a malformed value, an option that does not apply."""
-
-
-class NotYetAvailable(Exception):
-    """A command that a later release fills in (exit code 3, never a pretend result)."""
