@@ -89,18 +89,18 @@ def sbert(
 @app.command("clews")
 def clews(
     checkpoint: str = typer.Option(None, "--checkpoint", help="CLEWS checkpoint: official shs-clews / dvi-clews "
-                                   ".ckpt, or a .safetensors state dict. \\[required]"),
-    out: str = typer.Option(None, "--out", "-o", help="Store directory to create or resume. \\[required]"),
-    dataset: str = typer.Option(None, "--dataset", help="shs, lyric-covers, discogs-vi or csv. \\[default: shs]"),
-    split: str = typer.Option(None, "--split", help="train, val or test. \\[default: test]"),
-    metadata: str = typer.Option(None, "--metadata", help="Split files (folder or CSV). \\[default: bundled]"),
+                                   ".ckpt, or a .safetensors state dict. [required]"),
+    out: str = typer.Option(None, "--out", "-o", help="Store directory to create or resume. [required]"),
+    dataset: str = typer.Option(None, "--dataset", help="shs, lyric-covers, discogs-vi or csv. [default: shs]"),
+    split: str = typer.Option(None, "--split", help="train, val or test. [default: test]"),
+    metadata: str = typer.Option(None, "--metadata", help="Split files (folder or CSV). [default: bundled]"),
     audio_dir: str = typer.Option(None, "--audio-dir", help="Folder with the audio files."),
-    max_seconds: float = typer.Option(None, "--max-seconds", help="Audio read per song. \\[default: 600]"),
-    hop: float = typer.Option(None, "--hop", help="Seconds between shingle starts. \\[default: 5]"),
-    shingle_seconds: float = typer.Option(None, "--shingle-seconds", help="Shingle length. \\[default: 20]"),
-    batch_size: int = typer.Option(None, "--batch-size", help="Shingles per forward pass. \\[default: 16]"),
-    gpus: int = typer.Option(None, "--gpus", help="GPUs to use, one process each; 0 = CPU. \\[default: 0]"),
-    workers: int = typer.Option(None, "--workers", help="Audio decoding processes. \\[default: 1]"),
+    max_seconds: float = typer.Option(None, "--max-seconds", help="Audio read per song. [default: 600]"),
+    hop: float = typer.Option(None, "--hop", help="Seconds between shingle starts. [default: 5]"),
+    shingle_seconds: float = typer.Option(None, "--shingle-seconds", help="Shingle length. [default: 20]"),
+    batch_size: int = typer.Option(None, "--batch-size", help="Shingles per forward pass. [default: 16]"),
+    gpus: int = typer.Option(None, "--gpus", help="GPUs to use, one process each; 0 = CPU. [default: 0]"),
+    workers: int = typer.Option(None, "--workers", help="Audio decoding processes. [default: 1]"),
     config: str = typer.Option(None, "--config", help="YAML settings file."),
 ) -> None:
     """CLEWS audio embeddings (shingles x dim per song) of a dataset split into a store."""
