@@ -11,22 +11,14 @@ import typer
 
 from .. import ui
 from ..errors import UserError
-from ..settings import CreatableDir, DataSettings, ExistingDir, ExistingPath, load_settings, write_resolved
+from ..settings import load_settings, write_resolved
+from .evaluate import ModelOnSplitSettings
 
 
-class DistancesSettings(DataSettings):
+class DistancesSettings(ModelOnSplitSettings):
     section = "distances"
-    store: ExistingDir
     output: Path
-    checkpoint: ExistingPath | None = None
-    model: str | None = None
     format: Literal["npz", "hdf5", "pickle"] | None = None
-    cache: CreatableDir | None = None
-    chunk: int = 1500
-    overlap: float = 0.9
-    topk: int = 1
-    batch_size: int = 32
-    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     features: Literal["wealy", "clews"] = "wealy"
     redux: str = "bpwr-5"
     block: int = Field(32, ge=1)
@@ -61,7 +53,7 @@ def distances(
 ) -> None:
     """Write the distance matrix of a split (rows = queries, columns = candidates, same versions),
     with query and candidate references (clique, version) and metadata."""
-    from ..evaluation import EvalOptions, published_model_flags, write_distances
+    from ..evaluation import published_model_flags, write_distances
     from ..matrixfile import SUFFIXES
 
     flags = dict(
@@ -81,12 +73,7 @@ def distances(
     if settings.features == "clews":
         written, shape = _clews_distances(settings, path, fmt)
     else:
-        opts = EvalOptions(store=settings.store, output=path.parent, checkpoint=settings.checkpoint,
-                           model=settings.model, dataset=settings.dataset, split=settings.split,
-                           metadata=settings.metadata, audio_dir=settings.audio_dir, chunk=settings.chunk,
-                           overlap=settings.overlap, topk=settings.topk, batch_size=settings.batch_size,
-                           cache=settings.cache, accelerator=settings.accelerator)
-        written, shape = write_distances(opts, path, fmt)
+        written, shape = write_distances(settings.eval_options(path.parent), path, fmt)
     write_resolved(settings, path.parent, name=f"{path.name}.settings.yaml")
     ui.console.print(f"wrote {written} ({fmt}, {shape[0]}×{shape[1]})", highlight=False)
 

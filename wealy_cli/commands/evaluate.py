@@ -3,27 +3,44 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import typer
 
 from .. import ui
 from ..settings import CreatableDir, DataSettings, ExistingDir, ExistingPath, load_settings, write_resolved
 
+if TYPE_CHECKING:  # imported when the command runs, keeping --help fast
+    from ..evaluation import EvalOptions
 
-class EvaluateSettings(DataSettings):
-    section = "evaluate"
+
+class ModelOnSplitSettings(DataSettings):
+    """What `evaluate` and `distances` share: a model, a feature store, chunking and devices."""
+
     store: ExistingDir
     checkpoint: ExistingPath | None = None
     model: str | None = None
-    output: CreatableDir | None = None
     cache: CreatableDir | None = None
     chunk: int = 1500
     overlap: float = 0.9
     topk: int = 1
     batch_size: int = 32
-    gpus: int = 1
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+
+    def eval_options(self, output: Path, gpus: int = 1) -> EvalOptions:
+        from ..evaluation import EvalOptions
+
+        return EvalOptions(store=self.store, output=output, checkpoint=self.checkpoint, model=self.model,
+                           dataset=self.dataset, split=self.split, metadata=self.metadata,
+                           audio_dir=self.audio_dir, chunk=self.chunk, overlap=self.overlap, topk=self.topk,
+                           batch_size=self.batch_size, cache=self.cache, gpus=gpus,
+                           accelerator=self.accelerator)
+
+
+class EvaluateSettings(ModelOnSplitSettings):
+    section = "evaluate"
+    output: CreatableDir | None = None
+    gpus: int = 1
 
     def run_dir(self) -> Path:
         if self.output is not None:
@@ -57,7 +74,8 @@ def evaluate(
     """Evaluate a model all-against-all on a split: MAP, MR1, ARP with 95 % intervals.
 
     Writes results.json, per_query.csv (key, clique, ap, first_rank, rp) and settings.yaml."""
-    from ..evaluation import EvalOptions, PER_QUERY, RESULTS, evaluate as run_evaluation, published_model_flags
+    from ..evaluation import PER_QUERY, RESULTS, published_model_flags
+    from ..evaluation import evaluate as run_evaluation
 
     flags = dict(
         checkpoint=checkpoint, model=model, store=store, dataset=dataset, split=split, metadata=metadata,
@@ -67,12 +85,7 @@ def evaluate(
     flags = published_model_flags(model, flags)
     settings = load_settings(EvaluateSettings, config, **flags)
     out = settings.run_dir()
-    opts = EvalOptions(store=settings.store, output=out, checkpoint=settings.checkpoint, model=settings.model,
-                       dataset=settings.dataset, split=settings.split, metadata=settings.metadata,
-                       audio_dir=settings.audio_dir, chunk=settings.chunk, overlap=settings.overlap,
-                       topk=settings.topk, batch_size=settings.batch_size, cache=settings.cache,
-                       gpus=settings.gpus, accelerator=settings.accelerator)
-    result = run_evaluation(opts)
+    result = run_evaluation(settings.eval_options(out, settings.gpus))
     if result is None:  # a worker other than rank 0
         return
     write_resolved(settings, out)
