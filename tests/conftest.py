@@ -20,11 +20,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def run_wealy(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+def run_wealy(*args: str, env: dict[str, str | None] | None = None, cwd: Path | None = None,
               timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run `python -m wealy_cli ARGS` as a real process; returns the completed process."""
+    """Run `python -m wealy_cli ARGS` as a real process (``env`` values of None unset a variable)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("WEALY_")}
     full_env.update(env or {})
+    full_env = {k: v for k, v in full_env.items() if v is not None}
     return subprocess.run([sys.executable, "-m", "wealy_cli", *map(str, args)], capture_output=True,
                           text=True, env=full_env, cwd=cwd, timeout=timeout)
 

@@ -13,7 +13,7 @@ from transformers import (GenerationMixin, LogitsProcessor, LogitsProcessorList,
                           WhisperForConditionalGeneration)
 
 from wealy_cli.audio import load_audio
-from wealy_cli.transcribe import DecodeOptions, open_model, transcribe
+from wealy_cli.transcribe import DecodeOptions, open_model, transcribe, transcribe_many
 from wealy_cli.whisper import (decoder_rows, greedy_tokens, load_ct2_whisper, load_transformers_whisper,
                                read_ct2_variables, to_transformers_state_dict)
 
@@ -119,6 +119,50 @@ def test_seek_loop_gives_faster_whisper_transcription(fw_int8, long_transcript):
     assert prompt[0] == fw_int8.hf_tokenizer.token_to_id("<|startofprev|>")
     previous = fw_int8.hf_tokenizer.decode(prompt[1:])
     assert previous.startswith(" lyrics:") and "fire in the snow" in previous
+
+
+def test_lockstep_batches_give_each_songs_faster_whisper_transcription(fw_int8):
+    """Four songs decoded in lockstep (window 2 of long.mp3 decoded while the others are done;
+    first windows batched together) give each song the text WhisperModel.transcribe gives it alone."""
+    names = ["long.mp3", "river.mp3", "fox.mp3", "fire.ogg"]
+    audios = {n: load_audio(AUDIO / n) for n in names}
+    decoded = dict(transcribe_many(fw_int8, audios.items(), DecodeOptions(), batch_size=4))
+    assert set(decoded) == set(names)
+    for name, audio in audios.items():
+        segments, _ = fw_int8.transcribe(audio, beam_size=1, language="en", initial_prompt="lyrics:")
+        assert decoded[name].text == "".join(s.text for s in segments).strip(), name
+    assert [len(decoded[n].windows) for n in names] == [2, 1, 1, 1]
+
+
+def test_temperature_fallback_is_faster_whispers_and_seeded_by_the_window(tiny_dir, fw_int8):
+    """A log-prob threshold of 0 fails every decode, so every temperature is tried. The result equals
+    faster-whisper's own generate_with_fallback on a replica seeded the same way, and the same in a
+    batch of three songs as alone with another thread count (other processes: test_extract)."""
+    import zlib
+
+    import ctranslate2
+    from faster_whisper.tokenizer import Tokenizer
+
+    from wealy_cli.transcribe import _faster_whisper_options
+
+    options = DecodeOptions(log_prob_threshold=0.0, seed=7)
+    names = ["fox.mp3", "fire.ogg", "river.mp3"]
+    decoded = dict(transcribe_many(fw_int8, [(n, load_audio(AUDIO / n)) for n in names], options, batch_size=3))
+    window = decoded["fox.mp3"].windows[0]
+    assert window.temperature == 1.0  # every temperature failed: faster-whisper reports the last
+
+    ctranslate2.set_random_seed(zlib.crc32(window.mel.tobytes(), 7) % 0xFFFFFFFF)
+    reference = open_model(tiny_dir, compute_type="int8", cpu_threads=1)
+    tokenizer = Tokenizer(reference.hf_tokenizer, False, task="transcribe", language="en")
+    prompt = window.tokens[:window.n_prompt]
+    result, _, temperature, _ = reference.generate_with_fallback(
+        reference.encode(window.mel), prompt, tokenizer, _faster_whisper_options(tokenizer, options))
+    assert temperature == 1.0 and prompt + list(result.sequences_ids[0]) == window.tokens
+
+    other = open_model(tiny_dir, compute_type="int8", cpu_threads=2)  # another object, thread count, batch
+    alone = transcribe(other, load_audio(AUDIO / "fire.ogg"), options)
+    assert [(w.tokens, w.temperature) for w in alone.windows] == [(w.tokens, w.temperature)
+                                                                  for w in decoded["fire.ogg"].windows]
 
 
 def test_rows_equal_transformers_generate(network, long_transcript, fw_int8):

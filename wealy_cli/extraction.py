@@ -29,7 +29,7 @@ from .data import DatasetError, Version, load_split
 from .errors import UserError
 from .settings import CreatableDir, DataSettings
 from .store import StoreWriter
-from .transcribe import DecodeOptions, Transcript, open_model, transcribe
+from .transcribe import DecodeOptions, Transcript, open_model, transcribe_many
 from .whisper import Whisper, decoder_rows, load_ct2_whisper, load_transformers_whisper
 
 DEFAULT_MODEL = "tiny.en"
@@ -234,37 +234,45 @@ def extract_share(settings: ExtractWhisperSettings, versions: list[Version], ran
     with StoreWriter(settings.output_dir(), dim, writer=f"w{rank}", settings=settings.content_settings(),
                      kind=f"whisper-{settings.features}") as writer, ui.progress() as bar:
         task = bar.add_task(f"whisper w{rank}", total=len(versions), status="")
-        for version in versions:
-            if version.key in writer:
-                summary.skipped += 1
-                bar.advance(task)
-                continue
-            transcript = _transcribe_one(version, models, options, settings, writer, summary)
-            if transcript is not None:
+
+        def done() -> None:
+            bar.update(task, advance=1, status=f"{summary.failed} failed")
+
+        def readable() -> Iterator[tuple[Version, np.ndarray]]:
+            for version in versions:
+                if version.key in writer:
+                    summary.skipped += 1
+                    done()
+                    continue
+                try:
+                    if version.path is None:
+                        raise AudioError("audio file not found")
+                    yield version, load_audio(version.path, settings.max_seconds)
+                except AudioError as err:
+                    _record_failure(version, str(err), writer, summary)
+                    done()
+
+        decoded = transcribe_many(models.transcriber, readable(), options, settings.batch_size,
+                                  keep_encoder_output=models.reuse_encoder_output)
+        for version, transcript in decoded:
+            if isinstance(transcript, Exception):
+                _record_failure(version, str(transcript), writer, summary)
+            else:
                 pending.append(_Pending(version, transcript))
             if sum(len(p.transcript.windows) for p in pending) >= settings.batch_size:
                 _write_features(pending, models.network, settings, writer, summary)
                 pending = []
-            bar.update(task, advance=1, status=f"{summary.failed} failed")
+            done()
         _write_features(pending, models.network, settings, writer, summary)
     summary.wall_seconds = time.perf_counter() - start
     return summary
 
 
-def _transcribe_one(version: Version, models: LoadedModels, options: DecodeOptions,
-                    settings: ExtractWhisperSettings, writer: StoreWriter, summary: Summary) -> Transcript | None:
-    try:
-        audio = load_audio(version.path, settings.max_seconds) if version.path else None
-        if audio is None:
-            raise AudioError("audio file not found")
-        return transcribe(models.transcriber, audio, options, keep_encoder_output=models.reuse_encoder_output)
-    except (AudioError, RuntimeError, ValueError) as err:
-        reason = str(err)
-        writer.fail(version.key, reason, path=str(version.path))
-        summary.failed += 1
-        summary.missing_audio += reason == "audio file not found"
-        summary.failures.append((version.key, reason))
-        return None
+def _record_failure(version: Version, reason: str, writer: StoreWriter, summary: Summary) -> None:
+    writer.fail(version.key, reason, path=str(version.path))
+    summary.failed += 1
+    summary.missing_audio += reason == "audio file not found"
+    summary.failures.append((version.key, reason))
 
 
 def _write_features(pending: list[_Pending], network: Whisper, settings: ExtractWhisperSettings,
@@ -353,6 +361,10 @@ def _run_fabric(settings: ExtractWhisperSettings, versions: list[Version], proce
     from lightning.fabric import Fabric
 
     # Fabric relaunches this same command once per extra local rank (or joins SLURM / torchrun).
+    # Lightning would set OMP_NUM_THREADS=1 for those processes only, and CTranslate2's sampling
+    # (temperature fallback) then draws other tokens than in this process: give them the OpenMP
+    # default (one thread per core) this process has, so results do not depend on the rank.
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     fabric = Fabric(accelerator="cuda" if settings.gpus else "cpu", devices=processes,
                     num_nodes=settings.nodes, strategy="ddp")
     fabric.launch()

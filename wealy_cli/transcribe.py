@@ -1,24 +1,34 @@
 """faster-whisper transcription that also returns, per 30 s window, the exact tokens fed to the decoder.
 
 faster-whisper's ``generate_segments`` yields text segments but not the prompt and generated ids
-of each window, which the teacher-forced feature pass needs. :func:`transcribe` is that same
+of each window, which the teacher-forced feature pass needs. :func:`transcribe_many` is that same
 seek loop (greedy with temperature fallback, condition on previous text, timestamps, no-speech
-skipping), calling faster-whisper's own ``get_prompt``, ``generate_with_fallback`` and
-``_split_segments_by_timestamps``; it leaves out what wealy never uses (VAD, word timestamps,
+skipping), calling faster-whisper's own ``get_prompt`` and ``_split_segments_by_timestamps`` and
+following its ``generate_with_fallback``; it leaves out what wealy never uses (VAD, word timestamps,
 clip ranges, hotwords). A test checks it gives the same text as ``WhisperModel.transcribe``.
+
+Songs are decoded in lockstep: up to ``batch_size`` songs are in flight, and each round decodes the
+current window of every one of them in one CTranslate2 ``generate`` call per prompt length
+(CTranslate2 needs the start-of-transcript token at the same position in a batch). At batch 1
+the decoder is bound by reading its weights once per token; a batch reads them once for all.
+A window whose greedy result fails faster-whisper's checks (too repetitive, too unlikely) falls
+back to sampling at rising temperatures, as in faster-whisper's ``generate_with_fallback``, with a
+seed taken from the window itself (see :func:`_with_fallback`).
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import ctranslate2
 import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.audio import pad_or_trim
 from faster_whisper.tokenizer import Tokenizer
-from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
+from faster_whisper.transcribe import TranscriptionOptions, get_compression_ratio, get_suppressed_tokens
 
 from .errors import UserError
 
@@ -36,7 +46,7 @@ class DecodeOptions:
     condition_on_previous_text: bool = True
     prompt_reset_on_temperature: float = 0.5
     best_of: int = 5
-    seed: int = 0  # sampling seed for temperature fallback, reset per song: reruns are identical
+    seed: int = 0  # mixed with each window's content into the seed of its temperature fallback
 
 
 @dataclass
@@ -66,70 +76,225 @@ class Transcript:
         return "".join(w.text for w in self.windows).strip()
 
 
+class Transcriber(WhisperModel):
+    """faster-whisper's model on a local CTranslate2 directory, able to open a fresh replica of itself."""
+
+    def __init__(self, model_dir: Path, device: str, device_index: int, compute_type: str, cpu_threads: int) -> None:
+        super().__init__(str(model_dir), device=device, device_index=device_index, compute_type=compute_type,
+                         cpu_threads=cpu_threads, local_files_only=True)
+        self._replica = dict(model_path=str(model_dir), device=device, device_index=device_index,
+                             compute_type=self.model.compute_type, intra_threads=cpu_threads)
+
+    def fresh_replica(self) -> ctranslate2.models.Whisper:
+        """The same model in a new CTranslate2 object (new worker thread, new random generator)."""
+        return ctranslate2.models.Whisper(**self._replica)
+
+
 def open_model(model_dir: Path, device: str = "cpu", device_index: int = 0, compute_type: str = "auto",
-               cpu_threads: int = 0) -> WhisperModel:
+               cpu_threads: int = 0) -> Transcriber:
     """faster-whisper on a local CTranslate2 directory (never reaches a model hub)."""
     if not (Path(model_dir) / "tokenizer.json").is_file():
         raise UserError(f"{model_dir}: tokenizer.json missing (faster-whisper would fetch it from the hub)")
     try:
-        return WhisperModel(str(model_dir), device=device, device_index=device_index,
-                            compute_type=compute_type, cpu_threads=cpu_threads, local_files_only=True)
+        return Transcriber(Path(model_dir), device, device_index, compute_type, cpu_threads)
     except ValueError as err:  # e.g. an unsupported compute type on this device
         raise UserError(f"--compute-type {compute_type}: {err}") from err
 
 
-def transcribe(model: WhisperModel, audio: np.ndarray, options: DecodeOptions,
+def transcribe(model: Transcriber, audio: np.ndarray, options: DecodeOptions,
                keep_encoder_output: bool = False) -> Transcript:
-    """Decode ``audio`` (16 kHz mono) window by window; see the module docstring.
+    """Decode one song (16 kHz mono); see :func:`transcribe_many`."""
+    ((_, result),) = transcribe_many(model, [(0, audio)], options, keep_encoder_output=keep_encoder_output)
+    if isinstance(result, Exception):
+        raise result
+    return result
 
-    ``keep_encoder_output`` keeps each window's encoder output (CPU models only), so the feature
-    pass need not run the encoder a second time."""
-    ctranslate2.set_random_seed(options.seed)
-    fx = model.feature_extractor
-    features = fx(audio)  # log-mel of the unpadded audio; each window is padded afterwards
-    content_frames = features.shape[-1] - 1
-    language, probability = _language(model, features, options.language)
-    tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language)
-    fw_options = _faster_whisper_options(tokenizer, options, model.model.is_multilingual)
-    result = Transcript(language, probability, len(audio) / fx.sampling_rate)
 
-    all_tokens: list[int] = []
-    if options.initial_prompt:
-        all_tokens.extend(tokenizer.encode(" " + options.initial_prompt.strip()))
-    prompt_reset_since = 0
-    seek = 0
-    while seek < content_frames:
-        time_offset = seek * fx.time_per_frame
-        segment_size = min(fx.nb_max_frames, content_frames - seek)
-        mel = pad_or_trim(features[:, seek:seek + segment_size])
-        prompt = model.get_prompt(tokenizer, all_tokens[prompt_reset_since:])
-        encoded = model.encode(mel)
-        decoded, avg_logprob, temperature, _ = model.generate_with_fallback(encoded, prompt, tokenizer, fw_options)
+def transcribe_many(model: Transcriber, songs: Iterable[tuple[object, np.ndarray]], options: DecodeOptions,
+                    batch_size: int = 8, keep_encoder_output: bool = False,
+                    ) -> Iterator[tuple[object, Transcript | Exception]]:
+    """Decode ``(key, audio)`` pairs, up to ``batch_size`` songs in lockstep; yields ``(key, transcript)``
+    as each song finishes (not in input order), or ``(key, error)`` for a song whose audio Whisper
+    cannot take. ``keep_encoder_output`` keeps each window's encoder output (CPU models only), so
+    the feature pass need not run the encoder a second time."""
+    pending = iter(songs)
+    active: list[_Song] = []
+    while True:
+        while len(active) < max(1, batch_size):
+            item = next(pending, None)
+            if item is None:
+                break
+            key, audio = item
+            try:
+                song = _Song.start(model, key, audio, options)
+            except (RuntimeError, ValueError) as err:
+                yield key, err
+                continue
+            if song.finished:
+                yield key, song.transcript
+            else:
+                active.append(song)
+        if not active:
+            return
+        _decode_round(model, active, options, keep_encoder_output)
+        for song in [s for s in active if s.finished]:
+            active.remove(song)
+            yield song.key, song.transcript
+
+
+@dataclass
+class _Step:
+    """A song's current window, before decoding."""
+
+    song: "_Song"
+    mel: np.ndarray
+    prompt: list[int]
+    segment_size: int
+    time_offset: float
+
+
+@dataclass
+class _Song:
+    """Seek-loop state of one song (faster-whisper's ``generate_segments``, one window at a time)."""
+
+    key: object
+    features: np.ndarray  # log-mel of the whole unpadded audio
+    tokenizer: Tokenizer
+    fw_options: TranscriptionOptions
+    transcript: Transcript
+    all_tokens: list[int]
+    prompt_reset_since: int = 0
+    seek: int = 0
+
+    @classmethod
+    def start(cls, model: WhisperModel, key: object, audio: np.ndarray, options: DecodeOptions) -> "_Song":
+        fx = model.feature_extractor
+        features = fx(audio)  # log-mel of the unpadded audio; each window is padded afterwards
+        language, probability = _language(model, features, options.language)
+        tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language)
+        prompt = tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
+        return cls(key, features, tokenizer, _faster_whisper_options(tokenizer, options),
+                   Transcript(language, probability, len(audio) / fx.sampling_rate), list(prompt))
+
+    @property
+    def finished(self) -> bool:
+        return self.seek >= self.features.shape[-1] - 1
+
+    def next_step(self, model: WhisperModel) -> _Step:
+        fx = model.feature_extractor
+        segment_size = min(fx.nb_max_frames, self.features.shape[-1] - 1 - self.seek)
+        mel = pad_or_trim(self.features[:, self.seek:self.seek + segment_size])
+        prompt = model.get_prompt(self.tokenizer, self.all_tokens[self.prompt_reset_since:])
+        return _Step(self, mel, prompt, segment_size, self.seek * fx.time_per_frame)
+
+    def advance(self, model: WhisperModel, step: _Step, decoded, avg_logprob: float, temperature: float,
+                options: DecodeOptions, audio_features: np.ndarray | None) -> None:
+        """Record the decoded window and move the seek position, as faster-whisper does."""
+        fx = model.feature_extractor
         generated = list(decoded.sequences_ids[0])
-        fed = prompt + generated
+        fed = step.prompt + generated
         if len(fed) >= model.max_length:  # stopped by the length limit: the last token was never fed
             fed = fed[:-1]
-        window = Window(time_offset, time_offset + segment_size * fx.time_per_frame, mel, fed, len(prompt),
-                        "", temperature, no_speech=False,
-                        audio_features=np.array(encoded)[0] if keep_encoder_output else None)
-        result.windows.append(window)
-
+        window = Window(step.time_offset, step.time_offset + step.segment_size * fx.time_per_frame, step.mel, fed,
+                        len(step.prompt), "", temperature, no_speech=False, audio_features=audio_features)
+        self.transcript.windows.append(window)
         if _no_speech(decoded, avg_logprob, options):
             window.no_speech = True
-            seek += segment_size
-            continue
-        segments, seek, _ = model._split_segments_by_timestamps(
-            tokenizer=tokenizer, tokens=generated, time_offset=time_offset, segment_size=segment_size,
-            segment_duration=segment_size * fx.time_per_frame, seek=seek)
+            self.seek += step.segment_size
+            return
+        segments, self.seek, _ = model._split_segments_by_timestamps(
+            tokenizer=self.tokenizer, tokens=generated, time_offset=step.time_offset,
+            segment_size=step.segment_size, segment_duration=step.segment_size * fx.time_per_frame, seek=self.seek)
         for segment in segments:
-            text = tokenizer.decode(segment["tokens"])
+            text = self.tokenizer.decode(segment["tokens"])
             if segment["start"] == segment["end"] or not text.strip():
                 continue
-            all_tokens.extend(segment["tokens"])
+            self.all_tokens.extend(segment["tokens"])
             window.text += text
         if not options.condition_on_previous_text or temperature > options.prompt_reset_on_temperature:
-            prompt_reset_since = len(all_tokens)
-    return result
+            self.prompt_reset_since = len(self.all_tokens)
+
+
+def _decode_round(model: WhisperModel, songs: list[_Song], options: DecodeOptions, keep: bool) -> None:
+    """Decode the current window of every song: one greedy ``generate`` per prompt length."""
+    groups: dict[int, list[_Step]] = {}
+    for song in songs:
+        step = song.next_step(model)
+        groups.setdefault(len(step.prompt), []).append(step)
+    for steps in groups.values():
+        encoded, kept = _encode(model, [s.mel for s in steps])
+        fw_options = steps[0].song.fw_options  # suppressed tokens are the same for every language
+        results = model.model.generate(encoded, [s.prompt for s in steps], **_generate_arguments(model, fw_options, 0.0))
+        for i, (step, result) in enumerate(zip(steps, results)):
+            single = (lambda i=i, step=step: _storage(kept[i][None]) if kept is not None else model.encode(step.mel))
+            result, avg_logprob, temperature = _with_fallback(model, step, result, single, options)
+            step.song.advance(model, step, result, avg_logprob, temperature, options, kept[i] if keep and kept else None)
+
+
+def _with_fallback(model: Transcriber, step: _Step, greedy, encoded_window, options: DecodeOptions):
+    """faster-whisper's ``generate_with_fallback`` given the greedy (temperature 0) result.
+
+    Sampling runs on a fresh CTranslate2 replica: CTranslate2 seeds a thread's random generator
+    once, at its first use, so only a new replica (new worker thread) honours a seed. The seed
+    comes from the window's log-mel, so a window samples the same tokens whatever songs share its
+    batch, whichever worker decodes it, and on every rerun."""
+    fw = step.song.fw_options
+    tokenizer = step.song.tokenizer
+    tried = [(greedy, *_verdict(greedy, tokenizer, fw), 0.0)]  # (result, avg_logprob, ratio, fallback, T)
+    if not tried[0][3]:
+        return greedy, tried[0][1], 0.0
+    if len(fw.temperatures) > 1:
+        ctranslate2.set_random_seed(zlib.crc32(step.mel.tobytes(), options.seed) % 0xFFFFFFFF)
+        sampler = model.fresh_replica()
+        window = encoded_window()
+        for temperature in fw.temperatures[1:]:
+            (result,) = sampler.generate(window, [step.prompt], **_generate_arguments(model, fw, temperature))
+            tried.append((result, *_verdict(result, tokenizer, fw), temperature))
+            if not tried[-1][3]:
+                return result, tried[-1][1], temperature
+    # every temperature failed: the most likely result not too repetitive, reported at the last temperature
+    below = [t for t in tried if fw.compression_ratio_threshold is None or t[2] <= fw.compression_ratio_threshold]
+    best = max(below or tried, key=lambda t: t[1])
+    return best[0], best[1], fw.temperatures[-1]
+
+
+def _encode(model: WhisperModel, mels: list[np.ndarray]) -> tuple[ctranslate2.StorageView, list[np.ndarray] | None]:
+    """Encoder output of a batch of windows, and on CPU each window's output as an array.
+
+    On CPU windows are encoded one at a time (a batch is no faster there) so that a window's
+    encoder output, and so its tokens and rows, never depend on the songs it shares a batch with."""
+    if model.model.device != "cpu":
+        return model.encode(np.stack(mels)), None
+    outputs = [np.array(model.encode(mel))[0] for mel in mels]
+    return _storage(np.stack(outputs)), outputs
+
+
+def _storage(array: np.ndarray) -> ctranslate2.StorageView:
+    return ctranslate2.StorageView.from_array(np.ascontiguousarray(array))
+
+
+def _generate_arguments(model: WhisperModel, fw: TranscriptionOptions, temperature: float) -> dict:
+    """The arguments of faster-whisper's ``generate`` call at ``temperature``."""
+    if temperature > 0:
+        search = dict(beam_size=1, num_hypotheses=fw.best_of, sampling_topk=0, sampling_temperature=temperature)
+    else:
+        search = dict(beam_size=fw.beam_size, patience=fw.patience)
+    return dict(
+        length_penalty=fw.length_penalty, repetition_penalty=fw.repetition_penalty,
+        no_repeat_ngram_size=fw.no_repeat_ngram_size, max_length=model.max_length, return_scores=True,
+        return_no_speech_prob=True, suppress_blank=fw.suppress_blank, suppress_tokens=fw.suppress_tokens,
+        max_initial_timestamp_index=int(round(fw.max_initial_timestamp / model.time_precision)), **search)
+
+
+def _verdict(result, tokenizer: Tokenizer, fw: TranscriptionOptions) -> tuple[float, float, bool]:
+    """(average log-probability, compression ratio, needs fallback): faster-whisper's rules."""
+    tokens = result.sequences_ids[0]
+    avg_logprob = result.scores[0] * len(tokens) ** fw.length_penalty / (len(tokens) + 1)
+    ratio = get_compression_ratio(tokenizer.decode(tokens).strip())
+    too_repetitive = fw.compression_ratio_threshold is not None and ratio > fw.compression_ratio_threshold
+    unlikely = fw.log_prob_threshold is not None and avg_logprob < fw.log_prob_threshold
+    silence = fw.no_speech_threshold is not None and result.no_speech_prob > fw.no_speech_threshold and unlikely
+    return avg_logprob, ratio, (too_repetitive or unlikely) and not silence
 
 
 def _language(model: WhisperModel, features: np.ndarray, language: str) -> tuple[str, float]:
@@ -150,7 +315,7 @@ def _no_speech(decoded, avg_logprob: float, options: DecodeOptions) -> bool:
     return not (options.log_prob_threshold is not None and avg_logprob > options.log_prob_threshold)
 
 
-def _faster_whisper_options(tokenizer: Tokenizer, options: DecodeOptions, multilingual: bool) -> TranscriptionOptions:
+def _faster_whisper_options(tokenizer: Tokenizer, options: DecodeOptions) -> TranscriptionOptions:
     return TranscriptionOptions(
         beam_size=1, best_of=options.best_of, patience=1.0, length_penalty=1.0, repetition_penalty=1.0,
         no_repeat_ngram_size=0, log_prob_threshold=options.log_prob_threshold,

@@ -27,7 +27,7 @@ def whisper(
                                      "output is reused), float16 on GPU. [default: auto]"),
     precision: str = typer.Option(None, "--precision", help="PyTorch feature pass: auto (float32 on CPU, float16 on "
                                   "GPU), float32, bfloat16, float16. [default: auto]"),
-    batch_size: int = typer.Option(None, "--batch-size", help="30 s windows per PyTorch pass. [default: 8]"),
+    batch_size: int = typer.Option(None, "--batch-size", help="Songs decoded in lockstep (and windows per feature batch). [default: 8]"),
     max_seconds: float = typer.Option(None, "--max-seconds", help="Audio read per song. [default: 300]"),
     gpus: int = typer.Option(None, "--gpus", help="GPUs per node, one process each; 0 = CPU. [default: 0]"),
     workers: int = typer.Option(None, "--workers", help="CPU processes when --gpus is 0. [default: 1]"),
