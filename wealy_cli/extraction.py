@@ -361,9 +361,9 @@ def _run_fabric(settings: ExtractWhisperSettings, versions: list[Version], proce
     from lightning.fabric import Fabric
 
     # Fabric relaunches this same command once per extra local rank (or joins SLURM / torchrun).
-    # Lightning would set OMP_NUM_THREADS=1 for those processes only, and CTranslate2's sampling
-    # (temperature fallback) then draws other tokens than in this process: give them the OpenMP
-    # default (one thread per core) this process has, so results do not depend on the rank.
+    # Lightning would set OMP_NUM_THREADS=1 for those processes only, and with it CTranslate2 can
+    # sample other tokens for the same seeded fallback window: give them the OpenMP default (one
+    # thread per core) this process has, so results do not depend on the rank.
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     fabric = Fabric(accelerator="cuda" if settings.gpus else "cpu", devices=processes,
                     num_nodes=settings.nodes, strategy="ddp")
