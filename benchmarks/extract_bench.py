@@ -123,6 +123,8 @@ def main() -> None:
     print(f"speed-up                      : {theirs / ours:6.2f} x  (one song at a time: {theirs / single:.2f} x)")
     print(f"rows equal: max |diff| / max |ref| = {worst:.2e}; same text in lockstep and one at a time: "
           f"{same_text}/{len(audios)} songs")
+    fallback = sum(w.temperature > 0 for w in windows)
+    print(f"windows decoded with temperature fallback (sampling the peer does not do): {fallback}/{len(windows)}")
     print(f"full CLI run incl. start-up and model load: {seconds / cli:.2f} audio s / s ({cli:.1f} s)")
 
 

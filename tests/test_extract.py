@@ -16,7 +16,7 @@ AUDIO = Path(__file__).parent / "data" / "audio"
 # music.mp3 needs the temperature fallback; second in the list, so worker 1 of 2 decodes it
 GOOD = {"fire/a": "fire.ogg", "fire/c": "music.mp3", "fire/b": "fox.mp3"}
 FLAGGED = {"odd/silence": "silence.mp3", "odd/tiny": "tiny.wav", "odd/truncated": "truncated.mp3"}
-FAILING = {"bad/text": "text.mp3", "bad/empty": "empty.mp3", "bad/missing": "missing.mp3"}
+FAILING = {"bad/text": "text.mp3", "bad/empty": "empty.mp3", "bad/missing": "missing.mp3", "bad/blip": "blip.wav"}
 
 
 def write_csv(path: Path, items: dict[str, str]) -> Path:
@@ -48,6 +48,7 @@ def test_bad_files_are_recorded_or_flagged_and_the_run_completes(runs):
     assert failures["bad/missing"]["reason"] == "audio file not found"
     assert failures["bad/empty"]["reason"] == "empty file (0 bytes)"
     assert "cannot decode audio" in failures["bad/text"]["reason"]
+    assert failures["bad/blip"]["reason"] == "too short for Whisper (under one 10 ms frame)"  # 5 ms of audio
     assert set(store.keys()) == set(GOOD) | set(FLAGGED)
     for key in ("odd/silence", "odd/tiny"):
         attrs = store.attrs(key)

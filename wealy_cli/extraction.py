@@ -257,6 +257,8 @@ def extract_share(settings: ExtractWhisperSettings, versions: list[Version], ran
         for version, transcript in decoded:
             if isinstance(transcript, Exception):
                 _record_failure(version, str(transcript), writer, summary)
+            elif not transcript.windows:
+                _record_failure(version, "too short for Whisper (under one 10 ms frame)", writer, summary)
             else:
                 pending.append(_Pending(version, transcript))
             if sum(len(p.transcript.windows) for p in pending) >= settings.batch_size:
