@@ -29,7 +29,7 @@ from .data import DatasetError, Version, load_split
 from .errors import UserError
 from .settings import CreatableDir, DataSettings
 from .store import StoreWriter
-from .transcribe import DecodeOptions, Transcript, open_model, transcribe_many
+from .transcribe import DecodeOptions, Transcriber, Transcript, open_model, transcribe_many
 from .whisper import Whisper, decoder_rows, load_ct2_whisper, load_transformers_whisper
 
 DEFAULT_MODEL = "tiny.en"
@@ -93,7 +93,7 @@ class Summary:
 
 @dataclass
 class LoadedModels:
-    transcriber: object  # faster_whisper.WhisperModel
+    transcriber: Transcriber
     network: Whisper
     name: str
     reuse_encoder_output: bool = False

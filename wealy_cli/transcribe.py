@@ -215,7 +215,7 @@ class _Song:
             self.prompt_reset_since = len(self.all_tokens)
 
 
-def _decode_round(model: WhisperModel, songs: list[_Song], options: DecodeOptions, keep: bool) -> None:
+def _decode_round(model: Transcriber, songs: list[_Song], options: DecodeOptions, keep: bool) -> None:
     """Decode the current window of every song: one greedy ``generate`` per prompt length."""
     groups: dict[int, list[_Step]] = {}
     for song in songs:
