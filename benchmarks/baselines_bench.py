@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from wealy_cli.baselines import Corpus, baseline_distances
-from wealy_cli.fusion import align, fuse_grid
-from wealy_cli.matrixfile import DistanceMatrix, read_matrix, to_original_layout, write_matrix
-from wealy_cli.metrics import retrieval_metrics
-from wealy_cli.safepickle import safe_loads
-from wealy_cli import ui
+from wealy_cli.core import ui
+from wealy_cli.core.safepickle import safe_loads
+from wealy_cli.ranking.fusion import align, fuse_grid
+from wealy_cli.ranking.matrixfile import DistanceMatrix, read_matrix, to_original_layout, write_matrix
+from wealy_cli.ranking.metrics import retrieval_metrics
+from wealy_cli.retrieval.baselines import Corpus, baseline_distances
 
 
 def median_time(fn, repeats: int) -> float:

@@ -20,8 +20,8 @@ import time
 
 import torch
 
-from wealy_cli.clews import ClewsModel, shingle
-from wealy_cli.clews_distances import block_distances, reduce_pairs
+from wealy_cli.clews.distances import block_distances, reduce_pairs
+from wealy_cli.clews.model import ClewsModel, shingle
 
 SR = 16000
 

@@ -21,8 +21,8 @@ import time
 import numpy as np
 import torch
 
-from wealy_cli import ui
-from wealy_cli.retrieval import SongSet, all_against_all
+from wealy_cli.core import ui
+from wealy_cli.ranking.tiles import SongSet, all_against_all
 
 DIM = 512
 

@@ -37,10 +37,10 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from test_whisper import generate_rows, hf_twin  # noqa: E402  (the reference used by the tests)
 
-from wealy_cli.audio import load_audio  # noqa: E402
-from wealy_cli.extraction import window_features  # noqa: E402
-from wealy_cli.transcribe import DecodeOptions, open_model, transcribe_many  # noqa: E402
-from wealy_cli.whisper import load_ct2_whisper  # noqa: E402
+from wealy_cli.core.audio import load_audio  # noqa: E402
+from wealy_cli.whisper.extract import window_features  # noqa: E402
+from wealy_cli.whisper.model import load_ct2_whisper  # noqa: E402
+from wealy_cli.whisper.transcribe import DecodeOptions, open_model, transcribe_many  # noqa: E402
 
 DEMO = REPO / "wealy_cli" / "data" / "demo"
 

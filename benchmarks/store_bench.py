@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wealy_cli.store import Store, StoreWriter
+from wealy_cli.core.store import Store, StoreWriter
 
 
 def make_items(n: int, dim: int, seed: int = 0) -> list[tuple[str, np.ndarray]]:

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wealy_cli.data import load_split
-from wealy_cli.losses import ntxent_loss
-from wealy_cli.model import ModelConfig, build_model, count_parameters
-from wealy_cli.store import Store, StoreWriter
-from wealy_cli.training import TrainOptions, train
+from wealy_cli.core.datasets import load_split
+from wealy_cli.core.store import Store, StoreWriter
+from wealy_cli.model.losses import ntxent_loss
+from wealy_cli.model.network import ModelConfig, build_model, count_parameters
+from wealy_cli.model.training import TrainOptions, train
 
 CHUNK = 1500
 

@@ -37,7 +37,7 @@ def wealy():
 
 def make_store(directory: Path, items: dict[str, np.ndarray], dim: int, **attrs) -> Path:
     """A real store with the given items (keys '<clique>/<version>')."""
-    from wealy_cli.store import StoreWriter
+    from wealy_cli.core.store import StoreWriter
 
     with StoreWriter(directory, dim, settings={"test": True}) as writer:
         for key, array in items.items():

@@ -8,13 +8,23 @@ import re
 
 import numpy as np
 import pytest
-
 from conftest import run_wealy
-from wealy_cli.baselines import (Corpus, corpus_from_store, run_baselines, bm25_distances, modified_ideal_distances, modified_random_distances,
-                                 parse_compute, sbert_distances, tfidf_cosine_distances, tfidf_lucene_distances)
-from wealy_cli.errors import UserError
-from wealy_cli.matrixfile import read_matrix
-from wealy_cli.store import Store, StoreWriter
+
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.store import Store, StoreWriter
+from wealy_cli.ranking.matrixfile import read_matrix
+from wealy_cli.retrieval.baselines import (
+    Corpus,
+    bm25_distances,
+    corpus_from_store,
+    modified_ideal_distances,
+    modified_random_distances,
+    parse_compute,
+    run_baselines,
+    sbert_distances,
+    tfidf_cosine_distances,
+    tfidf_lucene_distances,
+)
 
 # Three songs, each sung twice or three times with slightly different words (what Whisper returns
 # for covers), plus one song whose second version came out as annotations only.

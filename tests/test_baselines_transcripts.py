@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wealy_cli.transcripts import invalid_reason, is_valid, words
+from wealy_cli.whisper.lyrics import invalid_reason, is_valid, words
 
 
 @pytest.mark.parametrize("text", [

@@ -12,10 +12,10 @@ import yaml
 from omegaconf import OmegaConf
 from torch import nn
 
-from wealy_cli.checkpoints import (import_checkpoint, load_checkpoint, plain, read_original_config,
-                                   UnsafeCheckpointError)
-from wealy_cli.errors import UserError
-from wealy_cli.model import load_model
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.safepickle import UnsafeCheckpointError, load_checkpoint, plain
+from wealy_cli.model.network import load_model
+from wealy_cli.model.original import import_checkpoint, read_original_config
 
 torch.set_num_threads(1)
 

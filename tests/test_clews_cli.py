@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, run_wealy
-from wealy_cli.audio import load_audio
-from wealy_cli.clews import ClewsConfig, ClewsModel, load_clews
-from wealy_cli.clews_distances import clews_song_distances
-from wealy_cli.clews_extraction import ClewsExtractSettings, run_extraction
-from wealy_cli.errors import UserError
-from wealy_cli.settings import load_settings
-from wealy_cli.store import Store
+
+from wealy_cli.clews.distances import clews_song_distances
+from wealy_cli.clews.extract import ClewsExtractSettings, extract_clews
+from wealy_cli.clews.model import ClewsConfig, ClewsModel, load_clews
+from wealy_cli.core.audio import load_audio
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.settings import load_settings
+from wealy_cli.core.store import Store
 
 AUDIO = REPO / "tests" / "data" / "audio"
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -51,7 +51,7 @@ def extracted(tmp_path_factory):
             "--out", out, "--max-seconds", "30", "--batch-size", "2", "--workers", "1")
     first = run_wealy(*args, env=ENV)
     # resume, in this process (saves a second interpreter start): nothing is left to do
-    second = run_extraction(load_settings(ClewsExtractSettings, checkpoint=ckpt, dataset="csv", metadata=listing,
+    second = extract_clews(load_settings(ClewsExtractSettings, checkpoint=ckpt, dataset="csv", metadata=listing,
                                           out=out, max_seconds=30, workers=0))
     return ckpt, out, first, second
 
@@ -113,10 +113,10 @@ def test_clews_matrix_fuses_with_another_modality(extracted, tmp_path: Path):
     """extract → CLEWS matrix file (the original pickle layout) → `wealy fuse` with a lyrics matrix."""
     import json
 
+    from wealy_cli.clews.distances import clews_distance_matrix
     from wealy_cli.cli import main
-    from wealy_cli.clews_distances import clews_distance_matrix
-    from wealy_cli.data import load_split
-    from wealy_cli.matrixfile import DistanceMatrix, read_matrix, write_matrix
+    from wealy_cli.core.datasets import load_split
+    from wealy_cli.ranking.matrixfile import DistanceMatrix, read_matrix, write_matrix
 
     _, out, _, _ = extracted
     listing = out.parent / "songs.csv"
@@ -155,7 +155,7 @@ def test_bad_checkpoint_and_options_are_user_errors(tmp_path: Path):
 
 def test_one_process_per_device_splits_the_songs(tmp_path: Path):
     """The --gpus N path (spawned processes, each with its own writer), run with two CPU devices."""
-    from wealy_cli.clews_extraction import _run_devices, split_for, store_settings
+    from wealy_cli.clews.extract import _run_devices, split_for, store_settings
 
     listing = tmp_path / "songs.csv"
     listing.write_text("clique,version,path\n"
@@ -177,7 +177,7 @@ def test_one_process_per_device_splits_the_songs(tmp_path: Path):
 def test_distances_command_with_clews_features(extracted, tmp_path: Path):
     """`wealy distances --features clews --redux min` equals a brute-force min over shingle pairs."""
     from wealy_cli.cli import main
-    from wealy_cli.matrixfile import read_matrix
+    from wealy_cli.ranking.matrixfile import read_matrix
 
     _, out, _, _ = extracted
     listing = out.parent / "songs.csv"

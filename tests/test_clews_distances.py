@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_store
-from wealy_cli.clews_distances import clews_song_distances, reduce_pairs
-from wealy_cli.errors import UserError
-from wealy_cli.store import Store
+
+from wealy_cli.clews.distances import clews_song_distances, reduce_pairs
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.store import Store
 
 
 def bpwr_brute_force(d: np.ndarray, k: int) -> float:
@@ -110,10 +110,10 @@ def test_unknown_key_is_a_user_error(tmp_path: Path):
 
 
 def test_distance_matrix_of_a_split(tmp_path: Path):
-    from wealy_cli.clews_distances import clews_distance_matrix
-    from wealy_cli.data import load_split
-    from wealy_cli.metrics import retrieval_metrics
-    from wealy_cli.store import StoreWriter
+    from wealy_cli.clews.distances import clews_distance_matrix
+    from wealy_cli.core.datasets import load_split
+    from wealy_cli.core.store import StoreWriter
+    from wealy_cli.ranking.metrics import retrieval_metrics
 
     rng = np.random.default_rng(2)
     motifs = {c: rng.normal(size=(1, 6)) for c in "abc"}

@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from wealy_cli.clews import (CheckpointError, ClewsConfig, ClewsModel, GeMPool, CQTPrepare, load_clews,
-                             read_state_dict, shingle, shingle_starts)
+from wealy_cli.clews.model import (
+    CheckpointError,
+    ClewsConfig,
+    ClewsModel,
+    CQTPrepare,
+    GeMPool,
+    load_clews,
+    read_state_dict,
+    shingle,
+    shingle_starts,
+)
 
 torch.set_num_threads(1)
 TINY = ClewsConfig(frontend_channels=(4, 8), blocks=(1, 2, 1, 1), channels=(8, 16, 32, 64), zdim=24)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import h5py
 import numpy as np
-
 from conftest import make_store, run_wealy
+
 from wealy_cli import __version__
 
 

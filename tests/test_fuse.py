@@ -7,12 +7,12 @@ import pickle
 
 import numpy as np
 import pytest
-
 from conftest import run_wealy
-from wealy_cli.errors import UserError
-from wealy_cli.fusion import align, best_row, fuse_grid, normalize, parse_alphas
-from wealy_cli.matrixfile import DistanceMatrix, read_matrix, to_original_layout, write_matrix
-from wealy_cli.metrics import retrieval_metrics
+
+from wealy_cli.core.errors import UserError
+from wealy_cli.ranking.fusion import align, best_row, fuse_grid, normalize, parse_alphas
+from wealy_cli.ranking.matrixfile import DistanceMatrix, read_matrix, to_original_layout, write_matrix
+from wealy_cli.ranking.metrics import retrieval_metrics
 
 
 def _brute_force_map(d: np.ndarray, cliques: list[str]) -> float:

@@ -8,16 +8,16 @@ import json
 from pathlib import Path
 
 import huggingface_hub
-from huggingface_hub import constants as hf_constants
 import pytest
 import torch
 import yaml
+from huggingface_hub import constants as hf_constants
+from test_checkpoints import SIZES, OriginalModel, write_original
 
-from test_checkpoints import OriginalModel, SIZES, write_original
-from wealy_cli import hub
-from wealy_cli.errors import UserError
-from wealy_cli.model import ModelConfig, build_model, load_model, save_weights
-from wealy_cli.modelcard import REMOVED, build_upload_folder
+from wealy_cli.core.errors import UserError
+from wealy_cli.model import hub
+from wealy_cli.model.card import REMOVED, build_upload_folder
+from wealy_cli.model.network import ModelConfig, build_model, load_model, save_weights
 
 torch.set_num_threads(1)
 

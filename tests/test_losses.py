@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from wealy_cli.errors import UserError
-from wealy_cli.losses import LossConfig, clews_loss, make_loss, ntxent_loss, triplet_loss
+from wealy_cli.core.errors import UserError
+from wealy_cli.model.losses import LossConfig, clews_loss, make_loss, ntxent_loss, triplet_loss
 
 torch.set_num_threads(1)
 

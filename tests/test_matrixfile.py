@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from wealy_cli.matrixfile import DistanceMatrix, MatrixFileError, read_matrix, write_matrix
+from wealy_cli.ranking.matrixfile import DistanceMatrix, MatrixFileError, read_matrix, write_matrix
 
 
 def _matrix(seed: int = 0) -> DistanceMatrix:

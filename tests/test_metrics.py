@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from wealy_cli.metrics import Metrics, RankAccumulator, comp, retrieval_metrics
+from wealy_cli.ranking.metrics import Metrics, RankAccumulator, comp, retrieval_metrics
 
 
 def reference(dist, qc, cc, self_idx):

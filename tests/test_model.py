@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from wealy_cli.errors import UserError
-from wealy_cli.model import ModelConfig, build_model, load_model, save_weights
+from wealy_cli.core.errors import UserError
+from wealy_cli.model.network import ModelConfig, build_model, load_model, save_weights
 
 torch.set_num_threads(1)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_store
-from wealy_cli.metrics import retrieval_metrics
-from wealy_cli.retrieval import (EmbedOptions, SongSet, all_against_all, chunk_spans, dense_distances,
-                                 embed_chunks, embedding_groups)
-from wealy_cli.store import Store, StoreWriter
+
+from wealy_cli.core.store import Store, StoreWriter
+from wealy_cli.ranking.chunks import EmbedOptions, chunk_spans, embed_chunks, embedding_groups
+from wealy_cli.ranking.metrics import retrieval_metrics
+from wealy_cli.ranking.tiles import SongSet, all_against_all, dense_distances
 
 
 def test_chunk_spans_by_hand():
@@ -115,7 +115,7 @@ def test_tiled_metrics_match_retrieval_metrics_on_the_dense_matrix():
 
 
 def test_embed_chunks_matches_direct_model_calls_and_resumes(tmp_path):
-    from wealy_cli.model import ModelConfig, build_model
+    from wealy_cli.model.network import ModelConfig, build_model
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(input_channels=8, hidden_dim=16, zdim=8, num_transformer_blocks=1,

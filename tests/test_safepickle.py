@@ -8,10 +8,10 @@ import pickle
 
 import numpy as np
 import pytest
-
 from conftest import run_wealy
-from wealy_cli.errors import UserError
-from wealy_cli.safepickle import UnsafePickleError, safe_load, safe_loads
+
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.safepickle import UnsafePickleError, safe_load, safe_loads
 
 
 class _TouchFile:

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from pydantic import Field
 
-from wealy_cli.errors import UserError
-from wealy_cli.settings import CreatableDir, DataSettings, ExistingFile, load_settings, write_resolved
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.settings import CreatableDir, DataSettings, ExistingFile, load_settings, write_resolved
 
 
 class ToySettings(DataSettings):

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from wealy_cli.store import Store, StoreError, StoreWriter, store_info, verify_store
+from wealy_cli.core.store import Store, StoreError, StoreWriter, store_info, verify_store
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 from store_writer import item  # noqa: E402

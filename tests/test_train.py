@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, make_store, run_wealy
-from wealy_cli.data import load_split
-from wealy_cli.errors import UserError
-from wealy_cli.model import ModelConfig, load_model
-from wealy_cli.store import Store
-from wealy_cli.training import STATE, TrainOptions, lr_at, plan_epoch, rank_batches, train
+
+from wealy_cli.core.datasets import load_split
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.store import Store
+from wealy_cli.model.network import ModelConfig, load_model
+from wealy_cli.model.training import STATE, TrainOptions, lr_at, plan_epoch, rank_batches, train
 
 torch.set_num_threads(1)
 
@@ -169,7 +169,7 @@ def test_two_process_gather_equals_single_process(tmp_path):
             weights, other = weights[keep], other[keep]
         torch.testing.assert_close(other, weights, rtol=1e-3, atol=1e-5)
     # Per-device loss (the original's behaviour) is a different number: the gather matters.
-    from wealy_cli.losses import ntxent_loss
+    from wealy_cli.model.losses import ntxent_loss
     g = torch.Generator().manual_seed(0)
     z, labels = torch.randn(16, 4, generator=g), torch.arange(8).repeat_interleave(2)
     halves = (ntxent_loss(z[:8], labels[:8], torch.arange(8)) + ntxent_loss(z[8:], labels[8:], torch.arange(8, 16))) / 2

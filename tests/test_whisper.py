@@ -9,13 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import (GenerationMixin, LogitsProcessor, LogitsProcessorList, WhisperConfig,
-                          WhisperForConditionalGeneration)
+from transformers import (
+    GenerationMixin,
+    LogitsProcessor,
+    LogitsProcessorList,
+    WhisperConfig,
+    WhisperForConditionalGeneration,
+)
 
-from wealy_cli.audio import load_audio
-from wealy_cli.transcribe import DecodeOptions, open_model, transcribe, transcribe_many
-from wealy_cli.whisper import (decoder_rows, greedy_tokens, load_ct2_whisper, load_transformers_whisper,
-                               read_ct2_variables, to_transformers_state_dict)
+from wealy_cli.core.audio import load_audio
+from wealy_cli.whisper.model import (
+    decoder_rows,
+    greedy_tokens,
+    load_ct2_whisper,
+    load_transformers_whisper,
+    read_ct2_variables,
+    to_transformers_state_dict,
+)
+from wealy_cli.whisper.transcribe import DecodeOptions, open_model, transcribe, transcribe_many
 
 AUDIO = Path(__file__).parent / "data" / "audio"
 torch.set_num_threads(1)
@@ -143,7 +154,7 @@ def test_temperature_fallback_is_faster_whispers_and_seeded_by_the_window(tiny_d
     import ctranslate2
     from faster_whisper.tokenizer import Tokenizer
 
-    from wealy_cli.transcribe import _faster_whisper_options
+    from wealy_cli.whisper.transcribe import _faster_whisper_options
 
     options = DecodeOptions(log_prob_threshold=0.0, seed=7)
     names = ["fox.mp3", "fire.ogg", "river.mp3"]
@@ -209,7 +220,7 @@ def test_random_transformers_whisper_through_ctranslate2(tmp_path, tiny_dir, wea
     assert result.returncode == 0, result.stderr
     assert list((tmp_path / "cache" / "ct2").glob("random-whisper-*/model.bin"))
 
-    from wealy_cli.store import Store
+    from wealy_cli.core.store import Store
 
     store = Store(out)
     assert sorted(store.keys()) == ["c1/a", "c1/b"]

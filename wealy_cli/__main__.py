@@ -1,3 +1,3 @@
-from .cli import run
+from wealy_cli.cli import run
 
 run()

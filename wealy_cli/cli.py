@@ -9,9 +9,10 @@ import traceback
 import typer
 from typer.exceptions import Abort, Exit, TyperException
 
-from . import __version__, ui
-from .commands import baselines, demo, distances, evaluate, extract, fuse, models, store, train
-from .errors import UserError
+from wealy_cli import __version__
+from wealy_cli.commands import baselines, demo, distances, evaluate, extract, fuse, models, store, train
+from wealy_cli.core import ui
+from wealy_cli.core.errors import UserError
 
 app = typer.Typer(
     name="wealy",

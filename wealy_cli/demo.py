@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
-from .data import load_split
-from .errors import UserError
+from wealy_cli.core.datasets import load_split
+from wealy_cli.core.errors import UserError
 
 Runner = Callable[[list[str]], int]
 # Oracles use the clique labels: they bound what transcriptions allow, they are not methods.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wealy_cli.store import StoreWriter
+from wealy_cli.core.store import StoreWriter
 
 
 def item(i: int, dim: int = 16) -> np.ndarray:

@@ -7,12 +7,12 @@ from typing import Literal
 
 import typer
 
-from .. import ui
-from ..baselines import BASELINES, BaselineOptions, corpus_from_store, parse_compute, run_baselines
-from ..data import load_split
-from ..errors import UserError
-from ..settings import CreatableDir, DataSettings, ExistingDir, load_settings, write_resolved
-from ..store import Store
+from wealy_cli.core import ui
+from wealy_cli.core.datasets import load_split
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.settings import CreatableDir, DataSettings, ExistingDir, load_settings, write_resolved
+from wealy_cli.core.store import Store
+from wealy_cli.retrieval.baselines import BASELINES, BaselineOptions, corpus_from_store, parse_compute, run_baselines
 
 
 class BaselinesSettings(DataSettings):

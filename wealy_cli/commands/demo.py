@@ -9,10 +9,10 @@ from pathlib import Path
 import typer
 from pydantic import Field
 
-from .. import ui
-from ..demo import Demo, DemoOptions, Step, bundled_collection, plot_comparison
-from ..errors import UserError
-from ..settings import CreatableDir, ExistingFile, WealySettings, load_settings, write_resolved
+from wealy_cli.core import ui
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.settings import CreatableDir, ExistingFile, WealySettings, load_settings, write_resolved
+from wealy_cli.demo import Demo, DemoOptions, Step, bundled_collection, plot_comparison
 
 
 class DemoSettings(WealySettings):
@@ -42,7 +42,7 @@ def demo(
     """Extract → SBERT → baselines → train → evaluate → fuse on a small collection, then compare.
 
     Every step is the `wealy` command a user would type; finished steps are skipped on a rerun."""
-    from ..cli import main  # the demo runs the real commands
+    from wealy_cli.cli import main  # the demo runs the real commands
 
     settings = load_settings(DemoSettings, config, collection=collection, run_dir=run_dir,
                              train_minutes=train_minutes, max_epochs=max_epochs, whisper_model=whisper_model,

@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import typer
 from pydantic import Field
 
-import typer
-
-from .. import ui
-from ..errors import UserError
-from ..settings import load_settings, write_resolved
-from .evaluate import ModelOnSplitSettings
+from wealy_cli.commands.evaluate import ModelOnSplitSettings
+from wealy_cli.core import ui
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.settings import load_settings, write_resolved
 
 
 class DistancesSettings(ModelOnSplitSettings):
@@ -53,8 +52,8 @@ def distances(
 ) -> None:
     """Write the distance matrix of a split (rows = queries, columns = candidates, same versions),
     with query and candidate references (clique, version) and metadata."""
-    from ..evaluation import published_model_flags, write_distances
-    from ..matrixfile import SUFFIXES
+    from wealy_cli.ranking.matrixfile import SUFFIXES
+    from wealy_cli.retrieval.evaluate import published_model_flags, write_distances
 
     flags = dict(
         checkpoint=checkpoint, model=model, store=store, output=output, format=format_, dataset=dataset,
@@ -82,11 +81,11 @@ def _clews_distances(settings: DistancesSettings, path: Path, fmt: str) -> tuple
     """CLEWS shingle embeddings → song distances by --redux, streamed by blocks; prints metrics."""
     import torch
 
-    from ..clews_distances import clews_distance_matrix
-    from ..data import load_split
-    from ..matrixfile import write_matrix
-    from ..metrics import retrieval_metrics
-    from ..store import Store
+    from wealy_cli.clews.distances import clews_distance_matrix
+    from wealy_cli.core.datasets import load_split
+    from wealy_cli.core.store import Store
+    from wealy_cli.ranking.matrixfile import write_matrix
+    from wealy_cli.ranking.metrics import retrieval_metrics
 
     if settings.checkpoint is not None or settings.model is not None:
         raise UserError("--features clews compares stored CLEWS embeddings; --checkpoint/--model do not apply")

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Literal
 
 import typer
 
-from .. import ui
-from ..settings import CreatableDir, DataSettings, ExistingDir, ExistingPath, load_settings, write_resolved
+from wealy_cli.core import ui
+from wealy_cli.core.settings import CreatableDir, DataSettings, ExistingDir, ExistingPath, load_settings, write_resolved
 
 if TYPE_CHECKING:  # imported when the command runs, keeping --help fast
-    from ..evaluation import EvalOptions
+    from wealy_cli.retrieval.evaluate import EvalOptions
 
 
 class ModelOnSplitSettings(DataSettings):
@@ -28,7 +28,7 @@ class ModelOnSplitSettings(DataSettings):
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
 
     def eval_options(self, output: Path, gpus: int = 1) -> EvalOptions:
-        from ..evaluation import EvalOptions
+        from wealy_cli.retrieval.evaluate import EvalOptions
 
         return EvalOptions(store=self.store, output=output, checkpoint=self.checkpoint, model=self.model,
                            dataset=self.dataset, split=self.split, metadata=self.metadata,
@@ -74,8 +74,8 @@ def evaluate(
     """Evaluate a model all-against-all on a split: MAP, MR1, ARP with 95 % intervals.
 
     Writes results.json, per_query.csv (key, clique, ap, first_rank, rp) and settings.yaml."""
-    from ..evaluation import PER_QUERY, RESULTS, published_model_flags
-    from ..evaluation import evaluate as run_evaluation
+    from wealy_cli.retrieval.evaluate import PER_QUERY, RESULTS, published_model_flags
+    from wealy_cli.retrieval.evaluate import evaluate as run_evaluation
 
     flags = dict(
         checkpoint=checkpoint, model=model, store=store, dataset=dataset, split=split, metadata=metadata,

@@ -38,16 +38,16 @@ def whisper(
     """Whisper decoder features, transcriptions and languages of a dataset into a store."""
     from pathlib import Path
 
-    from .. import ui
-    from ..extraction import ExtractWhisperSettings, run_extraction
-    from ..settings import load_settings, write_resolved
+    from wealy_cli.core import ui
+    from wealy_cli.core.settings import load_settings, write_resolved
+    from wealy_cli.whisper.extract import ExtractWhisperSettings, extract_whisper
 
     settings = load_settings(
         ExtractWhisperSettings, Path(config) if config else None, dataset=dataset, split=split, metadata=metadata,
         audio_dir=audio_dir, out=out, model=model, features=features, language=language, prompt=prompt,
         compute_type=compute_type, precision=precision, batch_size=batch_size, max_seconds=max_seconds,
         gpus=gpus, workers=workers, nodes=nodes, limit=limit)
-    summary = run_extraction(settings)
+    summary = extract_whisper(settings)
     if summary is None:  # a worker process other than rank 0: rank 0 reports
         return
     write_resolved(settings, settings.output_dir(), name="extract_whisper.yaml")
@@ -72,9 +72,9 @@ def sbert(
     """SBERT embeddings (1 x dim per song) of the transcriptions stored by 'extract whisper'."""
     from pathlib import Path
 
-    from .. import ui
-    from ..sbert import ExtractSbertSettings, embed_store
-    from ..settings import load_settings, write_resolved
+    from wealy_cli.core import ui
+    from wealy_cli.core.settings import load_settings, write_resolved
+    from wealy_cli.whisper.sbert import ExtractSbertSettings, embed_store
 
     settings = load_settings(ExtractSbertSettings, Path(config) if config else None, store=store, out=out,
                              model=model, batch_size=batch_size, device=device)
@@ -106,15 +106,15 @@ def clews(
     """CLEWS audio embeddings (shingles x dim per song) of a dataset split into a store."""
     from pathlib import Path
 
-    from .. import ui
-    from ..clews_extraction import ClewsExtractSettings, run_extraction
-    from ..settings import load_settings, write_resolved
+    from wealy_cli.clews.extract import ClewsExtractSettings, extract_clews
+    from wealy_cli.core import ui
+    from wealy_cli.core.settings import load_settings, write_resolved
 
     settings = load_settings(
         ClewsExtractSettings, Path(config) if config else None, checkpoint=checkpoint, out=out, dataset=dataset,
         split=split, metadata=metadata, audio_dir=audio_dir, max_seconds=max_seconds, hop=hop,
         shingle_seconds=shingle_seconds, batch_size=batch_size, gpus=gpus, workers=workers)
-    report = run_extraction(settings)
+    report = extract_clews(settings)
     write_resolved(settings, settings.out, name="extract_clews.yaml")
     minutes = report.audio_seconds / 60
     ui.show(ui.key_value_table(f"CLEWS embeddings in {settings.out}", {

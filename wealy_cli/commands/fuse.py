@@ -8,11 +8,21 @@ from typing import Literal
 
 import typer
 
-from .. import ui
-from ..errors import UserError
-from ..fusion import align, best_row, combine, fuse_grid, normalize, own_entries, parse_alphas, plot_map, write_csv
-from ..matrixfile import DistanceMatrix, read_matrix, write_matrix
-from ..settings import CreatableDir, ExistingFile, WealySettings, load_settings, write_resolved
+from wealy_cli.core import ui
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.settings import CreatableDir, ExistingFile, WealySettings, load_settings, write_resolved
+from wealy_cli.ranking.fusion import (
+    align,
+    best_row,
+    combine,
+    fuse_grid,
+    normalize,
+    own_entries,
+    parse_alphas,
+    plot_map,
+    write_csv,
+)
+from wealy_cli.ranking.matrixfile import DistanceMatrix, read_matrix, write_matrix
 
 
 class FuseSettings(WealySettings):

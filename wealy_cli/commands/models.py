@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 
-from .. import ui
-from ..errors import UserError
-from ..settings import CreatableDir, WealySettings, load_settings
+from wealy_cli.core import ui
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.settings import CreatableDir, WealySettings, load_settings
 
 app = typer.Typer(help="Published WEALY checkpoints on the Hugging Face Hub.", no_args_is_help=True)
 
@@ -57,7 +57,7 @@ def list_models(details: bool = typer.Option(False, "--details", help="Also desc
     """The eight published models: dataset, features, size, downloaded / imported or not.
 
     Reads only the local Hugging Face cache (HF_HUB_CACHE); never uses the network."""
-    from .. import hub
+    from wealy_cli.model import hub
 
     models = hub.list_models()
     rows = [(m.name, m.dataset, m.features, _size(m.size_bytes), "yes" if m.downloaded else "no",
@@ -77,7 +77,7 @@ def download(name: str = typer.Argument(..., help="Published name (see 'wealy mo
              trust_pickle: bool = _TRUST,
              config: Path = _CONFIG) -> None:
     """Download a model into the Hugging Face cache and import it into wealy's format."""
-    from .. import hub
+    from wealy_cli.model import hub
 
     settings = load_settings(ModelsSettings, config, revision=revision, force=force, trust_pickle=trust_pickle)
     with ui.console.status(f"fetching {hub.repo_id_for(name)}"):
@@ -98,7 +98,7 @@ def import_(checkpoint: Path = typer.Argument(..., help="Original .ckpt file (Li
     """Convert an original WEALY .ckpt into wealy's safetensors format and check it by loading it.
 
     Here --config is the checkpoint's original configuration.yaml, not a wealy settings file."""
-    from ..checkpoints import import_checkpoint
+    from wealy_cli.model.original import import_checkpoint
 
     settings = load_settings(_ImportSettings, None, checkpoint=checkpoint, original_config=original_config,
                              out=out or checkpoint.parent / f"{checkpoint.stem}-wealy", trust_pickle=trust_pickle)
@@ -118,7 +118,7 @@ def upload(run_dir: Path = typer.Argument(..., help="Training run directory (hol
     """Publish a trained run: safetensors weights, settings without local paths, a model card.
 
     The model card (README.md) holds the run's validation metrics and usage."""
-    from ..modelcard import build_upload_folder, upload_folder
+    from wealy_cli.model.card import build_upload_folder, upload_folder
 
     settings = load_settings(_UploadSettings, config, run_dir=run_dir, private=private)
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):

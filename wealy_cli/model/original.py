@@ -18,10 +18,7 @@ by loading it back with ``model.load_model``.
 from __future__ import annotations
 
 import hashlib
-import pickle
 import re
-import zipfile
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +27,9 @@ import torch
 import yaml
 from torch import nn
 
-from .errors import UserError
-from .model import ModelConfig, build_model, load_model, save_weights
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.safepickle import load_checkpoint, plain
+from wealy_cli.model.network import ModelConfig, build_model, load_model, save_weights
 
 # Original data.embedding_type → wealy's feature name.
 FEATURES = {
@@ -40,7 +38,7 @@ FEATURES = {
     "sbert": "sbert",
     "encoder": "whisper-encoder",
 }
-# Original data.dataset_name → wealy's dataset name (``wealy_cli.data``).
+# Original data.dataset_name → wealy's dataset name (``wealy_cli.core.datasets``).
 DATASETS = {"shs": "shs", "shs100k": "shs", "lyric-covers": "lyric-covers", "lyc": "lyric-covers",
             "discogs-vi": "discogs-vi", "dvi": "discogs-vi"}
 
@@ -48,130 +46,6 @@ DATASETS = {"shs": "shs", "shs100k": "shs", "lyric-covers": "lyric-covers", "lyc
 _WRAPPER_PREFIXES = ("_forward_module.", "module.", "_orig_mod.")
 # Original entries with no counterpart: the loss module, recomputed sinusoids, empty conv stack.
 _DROPPED = (re.compile(r"^_loss_fn\."), re.compile(r"^positional_encoding\.pe$"))
-
-# Globals an original checkpoint names that are plain data (no code runs to rebuild them).
-_PLAIN_TYPES = {"builtins.int": int, "builtins.float": float, "builtins.str": str, "builtins.bool": bool,
-                "builtins.dict": dict, "builtins.list": list, "builtins.tuple": tuple, "builtins.object": object,
-                "builtins.set": set, "collections.defaultdict": defaultdict,
-                # Fabric's AttributeDict is a dict subclass: rebuild it as a plain dict.
-                "lightning.fabric.utilities.data.AttributeDict": dict,
-                "lightning_fabric.utilities.data.AttributeDict": dict}
-_INERT_MODULES = ("omegaconf.", "typing.")
-
-
-class UnsafeCheckpointError(UserError):
-    """The checkpoint's pickle names code that would run while loading; nothing was executed."""
-
-
-class _Inert:
-    """Stand-in for a configuration class: stores what the pickle gives it, runs nothing."""
-
-    qualname = "?"
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> "_Inert":
-        inst = object.__new__(cls)
-        inst.args = args
-        inst.state = None
-        return inst
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # called when the pickle REDUCEs it
-        self.args = args
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-    def __repr__(self) -> str:
-        return f"<inert {self.qualname}>"
-
-
-def _inert_class(qualname: str) -> type:
-    return type(qualname.rsplit(".", 1)[-1], (_Inert,), {"qualname": qualname})
-
-
-def plain(obj: Any) -> Any:
-    """An inert OmegaConf object (DictConfig / ListConfig / node) → plain dicts, lists, values."""
-    if isinstance(obj, _Inert):
-        state = obj.state if isinstance(obj.state, dict) else {}
-        if "_content" in state:
-            return plain(state["_content"])
-        if "_val" in state:
-            return plain(state["_val"])
-        return None
-    if isinstance(obj, dict):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    return obj
-
-
-# ---------------------------------------------------------------- loading the pickle
-
-
-def _named_globals(path: Path) -> list[str]:
-    """Globals the checkpoint's pickle names beyond torch's weights-only set (read, not run)."""
-    try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-    except (ValueError, RuntimeError, zipfile.BadZipFile):
-        return []  # legacy (non-zip) format: the weights-only loader itself checks it
-
-
-def _split_globals(names: list[str]) -> tuple[list[tuple[Any, str]], list[str]]:
-    """(safe stand-ins to register, names that would need code execution)."""
-    safe, unsafe = [], []
-    for name in names:
-        if name in _PLAIN_TYPES:
-            safe.append((_PLAIN_TYPES[name], name))
-        elif name.startswith(_INERT_MODULES):
-            safe.append((_inert_class(name), name))
-        else:
-            unsafe.append(name)
-    return safe, unsafe
-
-
-def _refusal(path: Path, unsafe: list[str], detail: str = "") -> UnsafeCheckpointError:
-    names = ", ".join(unsafe[:5]) + (f" and {len(unsafe) - 5} more" if len(unsafe) > 5 else "")
-    what = f"names {names}" if names else f"holds objects the weights-only loader refuses ({detail})"
-    return UnsafeCheckpointError(
-        f"{path}: refused to load: the checkpoint's pickle {what}. Loading it would run that code "
-        "with your permissions, so a file from an untrusted source could do anything. If you trust "
-        "where this file came from, rerun with --trust-pickle.")
-
-
-def load_checkpoint(path: Path, trust_pickle: bool = False) -> Any:
-    """The object stored in a ``torch.save`` file, rebuilt without running code unless trusted."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint file not found")
-    if not _looks_like_torch_save(path):
-        raise UserError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)")
-    safe, unsafe = _split_globals(_named_globals(path))
-    if unsafe and not trust_pickle:
-        raise _refusal(path, unsafe)
-    if not unsafe:
-        try:
-            with torch.serialization.safe_globals(safe):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            if not trust_pickle:
-                reason = re.search(r"WeightsUnpickler error: (.*)", str(err))
-                raise _refusal(path, [], reason.group(1) if reason else str(err).splitlines()[0]) from err
-        except Exception as err:  # noqa: BLE001 - a damaged or odd file, not a bug of ours
-            raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
-    try:  # the user vouched for the file
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except ModuleNotFoundError as err:
-        raise UserError(f"{path}: the checkpoint needs the Python module '{err.name}', which is "
-                        "not installed") from err
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, AttributeError) as err:
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
-
-
-def _looks_like_torch_save(path: Path) -> bool:
-    """A zip archive (torch.save since 1.6) or a pickle stream (the legacy format)."""
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    return head.startswith(b"PK") or head[:1] == b"\x80"
-
 
 def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())

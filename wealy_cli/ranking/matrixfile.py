@@ -20,16 +20,17 @@ import io
 import json
 import os
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import h5py
 import numpy as np
 
-from .data import make_key
-from .errors import UserError
-from .safepickle import safe_load
+from wealy_cli.core.datasets import make_key
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.safepickle import safe_load
 
 MatrixFormat = Literal["npz", "hdf5", "pickle"]
 SUFFIXES: dict[str, MatrixFormat] = {".npz": "npz", ".h5": "hdf5", ".hdf5": "hdf5",
@@ -85,7 +86,7 @@ class DistanceMatrix:
 
     @classmethod
     def square(cls, distances: np.ndarray, keys: Sequence[str], cliques: Sequence[str],
-               metadata: dict[str, Any] | None = None) -> "DistanceMatrix":
+               metadata: dict[str, Any] | None = None) -> DistanceMatrix:
         """All-against-all matrix: the same versions as queries and candidates."""
         return cls(distances, list(keys), list(keys), list(cliques), list(cliques), dict(metadata or {}))
 

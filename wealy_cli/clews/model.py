@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoints import load_checkpoint
-from .errors import UserError
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.safepickle import load_checkpoint
 
 SAMPLE_RATE = 16000
 
@@ -238,7 +238,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The model state dict of an official CLEWS checkpoint (Lightning Fabric ``.ckpt``: a dict
     holding it under ``model``), a bare state dict saved with torch, or a ``.safetensors`` file.
 
-    Pickled parts are read with ``checkpoints.load_checkpoint`` (weights-only): tensors and plain
+    Pickled parts are read with ``core.safepickle.load_checkpoint`` (weights-only): tensors and plain
     data are rebuilt, the pickled OmegaConf configuration becomes inert data, and a file that names
     any other code is refused."""
     path = Path(path)

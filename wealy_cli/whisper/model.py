@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import UserError
+from wealy_cli.core.errors import UserError
 
 
 @dataclass(frozen=True)

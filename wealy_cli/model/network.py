@@ -28,8 +28,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from .errors import UserError
-from .files import replace_atomically, temporary_name, write_atomically
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.files import replace_atomically, temporary_name, write_atomically
 
 ARCHS = ("transformer", "avgmlp")
 POOLS = ("gem", "mean")
@@ -72,7 +72,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Build from a dict, ignoring keys that do not apply (e.g. the original ``conv_blocks``,
         ``loss``). The original's ``positional_encoding: {enabled: ...}`` mapping is accepted."""
         known = {f.name for f in fields(cls)}

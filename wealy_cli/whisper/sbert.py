@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ui
-from .errors import UserError
-from .settings import CreatableDir, ExistingDir, WealySettings
-from .store import Store, StoreWriter
-from .transcripts import clean
+from wealy_cli.core import ui
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.settings import CreatableDir, ExistingDir, WealySettings
+from wealy_cli.core.store import Store, StoreWriter
+from wealy_cli.whisper.lyrics import clean
 
 DEFAULT_SBERT = "all-MiniLM-L6-v2"
 

@@ -27,18 +27,18 @@ SBERT) from everything, so its ranking is a tie broken pessimistically by the me
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 
-from . import ui
-from .errors import UserError
-from .matrixfile import DistanceMatrix, MatrixFormat, write_matrix
-from .sbert import DEFAULT_SBERT, load_sentence_model
-from .transcripts import ValidityRules, clean, is_valid
+from wealy_cli.core import ui
+from wealy_cli.core.errors import UserError
+from wealy_cli.ranking.matrixfile import DistanceMatrix, MatrixFormat, write_matrix
+from wealy_cli.whisper.lyrics import ValidityRules, clean, is_valid
+from wealy_cli.whisper.sbert import DEFAULT_SBERT, load_sentence_model
 
 BASELINES = ("sbert", "tfidf-cosine", "tfidf-lucene", "bm25", "ideal", "random", "modified-ideal",
              "modified-random")
@@ -259,7 +259,7 @@ def run_baselines(corpus: Corpus, names: Sequence[str], out_dir: Path, opts: Bas
                   save_format: MatrixFormat | None = None, info: dict | None = None) -> dict[str, dict]:
     """Compute every baseline in ``names``, evaluate it, write ``baseline_results.json`` and
     ``comparison_table.txt`` (and ``<name>_distances.<ext>`` when ``save_format`` is given)."""
-    from .metrics import retrieval_metrics  # torch: imported when needed
+    from wealy_cli.ranking.metrics import retrieval_metrics  # torch: imported when needed
 
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}

@@ -22,15 +22,16 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
 
-from .errors import UserError
-from .files import replace_atomically
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.files import replace_atomically
 
 MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
@@ -192,7 +193,7 @@ class StoreWriter:
     def close(self) -> None:
         self.flush()
 
-    def __enter__(self) -> "StoreWriter":
+    def __enter__(self) -> StoreWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from pydantic import Field, ValidationInfo, field_validator
 
-from . import ui
-from .audio import AudioError, load_audio
-from .clews import SAMPLE_RATE, ClewsModel, load_clews, shingle
-from .data import DatasetSplit, Version, load_split
-from .errors import UserError
-from .settings import CreatableDir, DataSettings, ExistingFile
-from .store import StoreWriter
+from wealy_cli.clews.model import SAMPLE_RATE, ClewsModel, load_clews, shingle
+from wealy_cli.core import ui
+from wealy_cli.core.audio import AudioError, load_audio
+from wealy_cli.core.datasets import DatasetSplit, Version, load_split
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.settings import CreatableDir, DataSettings, ExistingFile
+from wealy_cli.core.store import StoreWriter
 
 
 class ClewsExtractSettings(DataSettings):
@@ -59,7 +59,7 @@ class ExtractReport:
     wall_seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
-    def merge(self, other: "ExtractReport") -> None:
+    def merge(self, other: ExtractReport) -> None:
         self.stored += other.stored
         self.failed += other.failed
         self.skipped += other.skipped
@@ -235,7 +235,7 @@ def split_for(s: ClewsExtractSettings) -> DatasetSplit:
     return split
 
 
-def run_extraction(s: ClewsExtractSettings) -> ExtractReport:
+def extract_clews(s: ClewsExtractSettings) -> ExtractReport:
     """Embed every version of the split; resume skips versions already in the store."""
     start = time.time()
     split = split_for(s)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Iterable
 
-from .errors import UserError
+from wealy_cli.core.errors import UserError
 
 SPLITS = ("train", "val", "test")
 DATASETS = ("shs", "lyric-covers", "discogs-vi", "csv")
@@ -82,7 +82,7 @@ class DatasetSplit:
             "missing audio examples": [str(v.path) for v in self.missing_audio[:3]],
         }
 
-    def restrict(self, available: Iterable[str]) -> "DatasetSplit":
+    def restrict(self, available: Iterable[str]) -> DatasetSplit:
         """Keep versions whose key is in ``available`` and re-apply the ≥ 2 versions rule."""
         avail = set(available)
         kept = [v for v in self.versions if v.key in avail]

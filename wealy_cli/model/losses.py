@@ -16,13 +16,13 @@ margin losses, without a negative) are skipped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .errors import UserError
+from wealy_cli.core.errors import UserError
 
 LOSSES = ("ntxent", "triplet", "clews")
 

@@ -2,7 +2,7 @@
 
 Downloads go through ``huggingface_hub`` and live in its cache (``HF_HUB_CACHE``, by default
 ``~/.cache/huggingface/hub``); ``HF_HUB_OFFLINE=1`` makes every lookup use that cache only. A
-downloaded original checkpoint is imported once into wealy's format (``checkpoints.py``) under
+downloaded original checkpoint is imported once into wealy's format (``original.py``) under
 ``models_dir()/<name>/<commit>/``, so a new revision on the Hub never mixes with an old import.
 """
 
@@ -19,9 +19,9 @@ import huggingface_hub
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import errors as hf_errors
 
-from .checkpoints import import_checkpoint, read_original_config
-from .errors import UserError
-from .model import load_model, save_weights
+from wealy_cli.core.errors import UserError
+from wealy_cli.model.network import load_model, save_weights
+from wealy_cli.model.original import import_checkpoint, read_original_config
 
 ORG = "audio-based-lyrics-matching"
 # Files worth fetching from a model repo: original checkpoints and config, or wealy's format.

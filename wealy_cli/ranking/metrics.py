@@ -20,15 +20,16 @@ The ranks are computed per block of queries without sorting whole rows: sort onl
 relevant distances of a query, then for every candidate find (binary search) how many
 relevant thresholds it is below; a cumulative histogram gives, for each relevant candidate,
 how many candidates are at or below its distance. Cost O(n log R) per query.
-:class:`RankAccumulator` takes row blocks as they are produced; ``retrieval.py`` feeds
+:class:`RankAccumulator` takes row blocks as they are produced; ``tiles.py`` feeds
 ``count_at_or_below`` tile by tile so that no full matrix is ever held.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,7 +66,7 @@ class Metrics:
 
     @classmethod
     def from_per_query(cls, ap: np.ndarray, first_rank: np.ndarray, rp: np.ndarray,
-                       query_index: np.ndarray | None = None, n_skipped: int = 0) -> "Metrics":
+                       query_index: np.ndarray | None = None, n_skipped: int = 0) -> Metrics:
         """Aggregate per-query values (e.g. gathered from several workers)."""
         ap = np.asarray(ap, dtype=np.float64)
         first_rank = np.asarray(first_rank, dtype=np.int64)

@@ -22,14 +22,14 @@ from pydantic import AfterValidator, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .errors import UserError
-from .files import write_atomically
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.files import write_atomically
 
 ENV_PREFIX = "WEALY_"
 _FILE_LAYERS: contextvars.ContextVar[tuple[dict[str, Any], dict[str, Any]]] = contextvars.ContextVar(
     "wealy_file_layers", default=({}, {})
 )
-_REGISTRY: dict[str, type["WealySettings"]] = {}
+_REGISTRY: dict[str, type[WealySettings]] = {}
 
 
 # ---------------------------------------------------------------- path validators

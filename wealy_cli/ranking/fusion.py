@@ -21,15 +21,16 @@ import csv
 import itertools
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
-from . import ui
-from .errors import UserError
-from .matrixfile import DistanceMatrix
+from wealy_cli.core import ui
+from wealy_cli.core.errors import UserError
+from wealy_cli.ranking.matrixfile import DistanceMatrix
 
 Normalization = Literal["none", "zscore", "rank"]
 MAX_COMBINATIONS = 10_000
@@ -193,7 +194,7 @@ def combine(distances: Sequence[np.ndarray], weights: Sequence[float]) -> np.nda
 
 def fuse_grid(aligned: Alignment, alphas: Sequence[float], method: Normalization = "none") -> list[FusionRow]:
     """Metrics of every weight combination (see module docstring)."""
-    from .metrics import retrieval_metrics  # torch: imported when needed
+    from wealy_cli.ranking.metrics import retrieval_metrics  # torch: imported when needed
 
     own = own_entries(aligned.query_keys, aligned.candidate_keys)
     normed = [normalize(d, method, own) for d in aligned.distances]

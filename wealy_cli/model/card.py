@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
-from .model import load_model, resolve_weights, save_weights
+from wealy_cli.core.errors import UserError
+from wealy_cli.model.network import load_model, resolve_weights, save_weights
 
 REMOVED = "<local path removed>"
 

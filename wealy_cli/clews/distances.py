@@ -18,16 +18,16 @@ their longest song, padding masked), so the cost in memory does not grow with th
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from . import ui
-from .data import DatasetSplit
-from .errors import UserError
-from .matrixfile import DistanceMatrix
-from .store import Store
+from wealy_cli.core import ui
+from wealy_cli.core.datasets import DatasetSplit
+from wealy_cli.core.errors import UserError
+from wealy_cli.core.store import Store
+from wealy_cli.ranking.matrixfile import DistanceMatrix
 
 REDUCTIONS = ("bpwr-5", "bpwr-10", "min", "mean")
 _INF = float("inf")

@@ -1,0 +1,109 @@
+"""Chunks of a song's feature rows and their embeddings.
+
+A song's feature matrix (rows × d_in) is cut into overlapping chunks (DESIGN §6: 1500 rows,
+overlap 0.9 → stride 150, plus a final tail-aligned chunk so the end is never dropped); each
+chunk is embedded by the model and L2-normalised. Training validation, evaluation and catalogue
+search all cut and embed songs through this module, so they score songs the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wealy_cli.core import ui
+from wealy_cli.core.store import Store, StoreWriter
+
+
+def chunk_spans(n_rows: int, chunk: int = 1500, overlap: float = 0.9) -> list[tuple[int, int]]:
+    """(start, stop) row spans of overlapping chunks; the last chunk is aligned to the end.
+
+    A sequence no longer than ``chunk`` gives one (shorter, masked) chunk; an empty one none."""
+    if chunk < 1 or not 0.0 <= overlap < 1.0:
+        raise ValueError(f"chunk must be ≥ 1 and overlap in [0, 1), got {chunk}, {overlap}")
+    if n_rows <= 0:
+        return []
+    if n_rows <= chunk:
+        return [(0, n_rows)]
+    stride = max(1, round(chunk * (1.0 - overlap)))
+    spans = [(s, s + chunk) for s in range(0, n_rows - chunk + 1, stride)]
+    if spans[-1][1] < n_rows:
+        spans.append((n_rows - chunk, n_rows))
+    return spans
+
+
+@dataclass
+class EmbedOptions:
+    chunk: int = 1500
+    overlap: float = 0.9
+    batch_size: int = 32  # chunks per model call
+    device: str = "cpu"
+
+
+def embedding_groups(features: Store, keys: Sequence[str], opts: EmbedOptions) -> list[list[str]]:
+    """Consecutive keys in groups of about ``batch_size`` chunks. The groups, not the workers,
+    decide what is batched together, so any number of workers computes the same numbers."""
+    groups: list[list[str]] = [[]]
+    filled = 0
+    for key in keys:
+        if filled >= opts.batch_size:
+            groups.append([])
+            filled = 0
+        groups[-1].append(key)
+        filled += max(1, len(chunk_spans(features.rows(key), opts.chunk, opts.overlap)))
+    return [g for g in groups if g]
+
+
+@torch.no_grad()
+def embed_chunks(model: torch.nn.Module, features: Store, groups: Sequence[Sequence[str]], cache: StoreWriter,
+                 opts: EmbedOptions, label: str = "embedding chunks") -> list[str]:
+    """Embed every chunk of the keys (in ``embedding_groups``) not yet in ``cache``; returns the
+    keys that had no feature rows (recorded as failures in the cache)."""
+    model.eval()
+    empty: list[str] = []
+    total = sum(len(g) for g in groups)
+    with ui.progress() as bar:
+        task = bar.add_task(label, total=total, status="")
+        for group in groups:
+            pending: list[tuple[str, int]] = []
+            chunks: list[torch.Tensor] = []
+            for key in group:
+                if key in cache:
+                    continue
+                rows = torch.from_numpy(np.asarray(features[key], dtype=np.float32))
+                spans = chunk_spans(rows.shape[0], opts.chunk, opts.overlap)
+                if not spans:
+                    empty.append(key)
+                    cache.fail(key, "no feature rows")
+                    continue
+                pending.append((key, len(spans)))
+                chunks.extend(rows[a:b] for a, b in spans)
+            if pending:
+                _flush(model, pending, chunks, cache, opts)
+            bar.advance(task, len(group))
+    return empty
+
+
+def _flush(model: torch.nn.Module, pending: list[tuple[str, int]], chunks: list[torch.Tensor],
+           cache: StoreWriter, opts: EmbedOptions) -> None:
+    z = torch.cat([_embed(model, chunks[i:i + opts.batch_size], opts.device)
+                   for i in range(0, len(chunks), opts.batch_size)])
+    start = 0
+    for key, n in pending:
+        cache.add(key, z[start:start + n].numpy())
+        start += n
+
+
+def _embed(model: torch.nn.Module, chunks: list[torch.Tensor], device: str) -> torch.Tensor:
+    longest = max(c.shape[0] for c in chunks)
+    x = torch.zeros(len(chunks), longest, chunks[0].shape[1])
+    mask = torch.zeros(len(chunks), longest, dtype=torch.bool)
+    for i, c in enumerate(chunks):
+        x[i, :c.shape[0]] = c
+        mask[i, :c.shape[0]] = True
+    z = model(x.to(device), mask.to(device)).float().cpu()
+    return F.normalize(z, dim=-1)

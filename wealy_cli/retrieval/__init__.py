@@ -1,0 +1,2 @@
+"""Stage 3: trained models and text baselines ranked on a split (evaluate, distances,
+baselines)."""
