@@ -80,14 +80,14 @@ def main() -> None:
               f"safe_loads {safe * 1e3:.1f} ms, ratio safe/plain {safe / plain:.2f}")
         for suffix in (".pkl", ".npz", ".h5"):
             path = write_matrix(Path(tmp) / f"m{suffix}", m)
-            t = median_time(lambda: read_matrix(path), args.repeats)
+            t = median_time(lambda p=path: read_matrix(p), args.repeats)
             print(f"[read {args.matrix}x{args.matrix}] read_matrix {suffix}: {t * 1e3:.1f} ms "
                   f"({path.stat().st_size / 2**20:.1f} MiB)")
 
     corpus = texts(args.texts)
     names = ["tfidf-cosine", "tfidf-lucene", "bm25"] + (["sbert"] if args.sbert else [])
     for name in names:
-        t = median_time(lambda: baseline_distances(name, corpus), args.repeats)
+        t = median_time(lambda n=name: baseline_distances(n, corpus), args.repeats)
         d = baseline_distances(name, corpus)
         quality = retrieval_metrics(d, corpus.cliques, corpus.cliques, corpus.keys, corpus.keys).map
         print(f"[baseline N={args.texts}] {name}: {t:.2f} s (MAP {quality:.3f})")

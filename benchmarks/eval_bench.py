@@ -46,7 +46,8 @@ def clique_sizes(rng: np.random.Generator, n: int, mean: float = 11.8, largest: 
     return sizes
 
 
-def synthetic(n: int, chunks: int, seed: int = 0, signal: float = 0.035) -> tuple[list[np.ndarray], list[str], np.ndarray]:
+def synthetic(n: int, chunks: int, seed: int = 0,
+              signal: float = 0.035) -> tuple[list[np.ndarray], list[str], np.ndarray]:
     rng = np.random.default_rng(seed)
     sizes = clique_sizes(rng, n)
     cliques = np.repeat(np.arange(len(sizes)), sizes)
@@ -55,7 +56,8 @@ def synthetic(n: int, chunks: int, seed: int = 0, signal: float = 0.035) -> tupl
     for start in range(0, n, 8192):  # in pieces: keeps the peak low
         c = cliques[start:start + 8192]
         strength = rng.uniform(0, signal, (len(c), 1, 1)).astype(np.float32)  # easy and hard versions
-        x = centre[c][:, None, :] * strength + rng.standard_normal((len(c), chunks, DIM)).astype(np.float32) / np.sqrt(DIM)
+        noise = rng.standard_normal((len(c), chunks, DIM)).astype(np.float32) / np.sqrt(DIM)
+        x = centre[c][:, None, :] * strength + noise
         x /= np.linalg.norm(x, axis=2, keepdims=True)
         emb.extend(x.astype(np.float16))
     return emb, [str(c) for c in cliques], sizes

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from test_whisper import generate_rows, hf_twin  # noqa: E402  (the reference used by the tests)
+from helpers.whisper import generate_rows, hf_twin  # noqa: E402  (the reference used by the tests)
 
 from wealy_cli.core.audio import load_audio  # noqa: E402
 from wealy_cli.whisper.extract import window_features  # noqa: E402

@@ -27,7 +27,8 @@ from wealy_cli.core.datasets import load_split
 from wealy_cli.core.store import Store, StoreWriter
 from wealy_cli.model.losses import ntxent_loss
 from wealy_cli.model.network import ModelConfig, build_model, count_parameters
-from wealy_cli.model.training import TrainOptions, train
+from wealy_cli.model.options import TrainRun
+from wealy_cli.model.training import train
 
 CHUNK = 1500
 
@@ -76,9 +77,8 @@ def loop_rate(dim: int, device: str, batch: int, steps: int, workdir: Path) -> f
     store = Store(store_dir)
     train_split = load_split("csv", "train", workdir / f"data{dim}.csv", check_audio=False)
     val_split = load_split("csv", "val", workdir / f"data{dim}.csv", check_audio=False)
-    opts = TrainOptions(output=workdir / f"run{dim}", model=ModelConfig(input_channels=dim), batch_size=batch // 2,
-                        max_epochs=1, warmup_epochs=1, limit_batches=steps, workers=0,
-                        accelerator="cuda" if device == "cuda" else "cpu")
+    opts = TrainRun(store=store_dir, output=workdir / f"run{dim}", batch_size=batch // 2, max_epochs=1,
+                    warmup_epochs=1, limit_batches=steps, loader_workers=0, gpus=1 if device == "cuda" else 0)
     result = train(opts, store, train_split, val_split)
     return float(result.history[-1]["samples_per_s"])
 
@@ -93,7 +93,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     bf16 = args.device == "cuda"
-    print(f"device {args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+    where = torch.cuda.get_device_name() if args.device == 'cuda' else f'{torch.get_num_threads()} threads'
+    print(f"device {args.device} ({where}), "
           f"precision {'bf16-mixed' if bf16 else '32'}, chunk {CHUNK}, batch {args.batch}, {args.steps} timed steps")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,7 +105,8 @@ def main() -> None:
             loop = loop_rate(dim, args.device, args.batch, args.steps, Path(tmp))
             results[dim] = (step, loop)
             print(f"d_in {dim:5d}  loop {loop:8.3f} samples/s  loop/step {loop / step:.2f}", flush=True)
-    print(f"ratio 384:1280  step {results[384][0] / results[1280][0]:.2f}  loop {results[384][1] / results[1280][1]:.2f}")
+    step, loop = (results[384][i] / results[1280][i] for i in (0, 1))
+    print(f"ratio 384:1280  step {step:.2f}  loop {loop:.2f}")
 
 
 if __name__ == "__main__":

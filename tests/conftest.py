@@ -1,17 +1,12 @@
-"""Shared test helpers: run the real `wealy` CLI in a subprocess, build small real stores."""
+"""Test session set-up and fixtures. Shared code lives in ``tests/helpers/``."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+from helpers.cli import REPO, SHARED, assert_user_error, run_wealy, run_wealy_process  # noqa: F401 (re-exported)
+from helpers.stores import make_store  # noqa: F401 (re-exported)
 
 # Keep the 2-core machine responsive when tests spawn processes.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -20,27 +15,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def run_wealy(*args: str, env: dict[str, str | None] | None = None, cwd: Path | None = None,
-              timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run `python -m wealy_cli ARGS` as a real process (``env`` values of None unset a variable)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("WEALY_")}
-    full_env.update(env or {})
-    full_env = {k: v for k, v in full_env.items() if v is not None}
-    return subprocess.run([sys.executable, "-m", "wealy_cli", *map(str, args)], capture_output=True,
-                          text=True, env=full_env, cwd=cwd, timeout=timeout)
-
-
 @pytest.fixture
 def wealy():
     return run_wealy
 
 
-def make_store(directory: Path, items: dict[str, np.ndarray], dim: int, **attrs) -> Path:
-    """A real store with the given items (keys '<clique>/<version>')."""
-    from wealy_cli.core.store import StoreWriter
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE=1 with the hub cache and the imported-models directory in tmp_path."""
+    from huggingface_hub import constants as hf_constants
 
-    with StoreWriter(directory, dim, settings={"test": True}) as writer:
-        for key, array in items.items():
-            clique, _, version = key.partition("/")
-            writer.add(key, array, clique=clique, version=version, **attrs)
-    return directory
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "WEALY_MODELS_DIR": str(tmp_path / "models")}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    (tmp_path / "hub").mkdir()
+    return env

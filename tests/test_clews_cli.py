@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_wealy
+from helpers.cli import REPO, run_wealy
 
 from wealy_cli.clews.distances import clews_song_distances
-from wealy_cli.clews.extract import ClewsExtractSettings, extract_clews
+from wealy_cli.clews.extract import extract_clews
 from wealy_cli.clews.model import ClewsConfig, ClewsModel, load_clews
+from wealy_cli.commands.extract import ExtractClewsSettings
 from wealy_cli.core.audio import load_audio
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.settings import load_settings
@@ -48,11 +49,11 @@ def extracted(tmp_path_factory):
     ckpt = tiny_checkpoint(tmp / "checkpoint_best.ckpt")
     out = tmp / "store"
     args = ("extract", "clews", "--checkpoint", ckpt, "--dataset", "csv", "--metadata", listing,
-            "--out", out, "--max-seconds", "30", "--batch-size", "2", "--workers", "1")
+            "--out", out, "--max-seconds", "30", "--batch-size", "2", "--loader-workers", "1")
     first = run_wealy(*args, env=ENV)
-    # resume, in this process (saves a second interpreter start): nothing is left to do
-    second = extract_clews(load_settings(ClewsExtractSettings, checkpoint=ckpt, dataset="csv", metadata=listing,
-                                          out=out, max_seconds=30, workers=0))
+    # resume through the library: nothing is left to do
+    second = extract_clews(load_settings(ExtractClewsSettings, checkpoint=ckpt, dataset="csv", metadata=listing,
+                                          out=out, max_seconds=30, loader_workers=0))
     return ckpt, out, first, second
 
 
@@ -146,13 +147,14 @@ def test_bad_checkpoint_and_options_are_user_errors(tmp_path: Path):
                   "--out", tmp_path / "o", env=ENV)
     assert r.returncode == 2 and "junk.ckpt" in r.stderr and "Traceback" not in r.stderr
     with pytest.raises(UserError, match="--hop"):
-        load_settings(ClewsExtractSettings, checkpoint=junk, dataset="csv", metadata=listing, out=tmp_path / "o",
+        load_settings(ExtractClewsSettings, checkpoint=junk, dataset="csv", metadata=listing, out=tmp_path / "o",
                       hop=0)
     with pytest.raises(UserError, match="--shingle-seconds"):
-        load_settings(ClewsExtractSettings, checkpoint=junk, dataset="csv", metadata=listing, out=tmp_path / "o",
+        load_settings(ExtractClewsSettings, checkpoint=junk, dataset="csv", metadata=listing, out=tmp_path / "o",
                       max_seconds=10)
 
 
+@pytest.mark.slow
 def test_one_process_per_device_splits_the_songs(tmp_path: Path):
     """The --gpus N path (spawned processes, each with its own writer), run with two CPU devices."""
     from wealy_cli.clews.extract import _run_devices, split_for, store_settings
@@ -162,8 +164,8 @@ def test_one_process_per_device_splits_the_songs(tmp_path: Path):
                        f"a,1,{AUDIO / 'tiny.wav'}\na,2,{AUDIO / 'empty.mp3'}\n"
                        f"b,1,{AUDIO / 'silence.mp3'}\nb,2,{AUDIO / 'tiny.wav'}\n")
     ckpt = tiny_checkpoint(tmp_path / "tiny.ckpt")
-    s = load_settings(ClewsExtractSettings, checkpoint=ckpt, dataset="csv", metadata=listing, out=tmp_path / "store",
-                      workers=0)
+    s = load_settings(ExtractClewsSettings, checkpoint=ckpt, dataset="csv", metadata=listing, out=tmp_path / "store",
+                      loader_workers=0)
     report = _run_devices(s, split_for(s).versions, store_settings(s, 16), ["cpu", "cpu"])
     assert (report.stored, report.failed) == (3, 1)
     store = Store(tmp_path / "store")

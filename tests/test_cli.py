@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import h5py
 import numpy as np
-from conftest import make_store, run_wealy
+from helpers.cli import assert_user_error, run_wealy
+from helpers.stores import make_store
 
 from wealy_cli import __version__
-
-
-def assert_user_error(proc, *fragments):
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_version_and_help():
@@ -48,7 +40,8 @@ def test_store_info_and_verify(tmp_path):
 
 
 def test_user_errors_are_one_line_exit_2(tmp_path):
-    assert_user_error(run_wealy("store", "info", tmp_path / "missing"), "argument DIRECTORY", "missing is not an existing directory")
+    assert_user_error(run_wealy("store", "info", tmp_path / "missing"), "argument DIRECTORY",
+                      "missing is not an existing directory")
     assert_user_error(run_wealy("store", "info", tmp_path), "not a wealy store")
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("values: [1,\n")
@@ -73,3 +66,33 @@ def test_debug_shows_traceback(tmp_path):
 def test_quiet_anywhere(tmp_path):
     make_store(tmp_path / "s", {"a/1": np.zeros((1, 4)), "a/2": np.ones((2, 4))}, 4)
     assert run_wealy("store", "info", tmp_path / "s", "--quiet").returncode == 0
+
+
+def test_store_show_reads_what_was_stored(tmp_path):
+    import csv
+    import io
+    import json
+
+    windows = [{"start": 0.0, "end": 29.5, "rows": 3, "prompt_tokens": 2, "tokens": [1, 2, 3]}]
+    make_store(tmp_path / "s", {"a/1": np.zeros((3, 4)), "a/2": np.ones((5, 4))}, 4, text="la vie en rose",
+               language="fr", duration=29.5, windows=windows)
+    table = run_wealy("store", "show", tmp_path / "s")
+    assert table.returncode == 0 and "la vie en rose" in table.stdout and "a/2" in table.stdout
+    items = json.loads(run_wealy("store", "show", tmp_path / "s", "a/2", "--format", "json").stdout)
+    assert len(items) == 1 and items[0].pop("settings_hash")
+    assert items == [{"key": "a/2", "rows": 5, "clique": "a", "version": "2", "text": "la vie en rose",
+                      "language": "fr", "duration": 29.5, "windows": windows}]
+    rows = list(csv.DictReader(io.StringIO(run_wealy("store", "show", tmp_path / "s", "--format", "csv").stdout)))
+    assert [(r["key"], r["rows"], r["language"]) for r in rows] == [("a/1", "3", "fr"), ("a/2", "5", "fr")]
+    assert_user_error(run_wealy("store", "show", tmp_path / "s", "b/9"), "no item 'b/9'")
+
+
+def test_gpus_without_cuda_is_the_same_one_line_error_everywhere(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        return  # the message is about machines without CUDA
+    make_store(tmp_path / "s", {"a/1": np.zeros((3, 4)), "a/2": np.ones((5, 4))}, 4)
+    for argv in (("extract", "whisper", "--limit", "1"), ("train", "--store", tmp_path / "s"),
+                 ("evaluate", "--store", tmp_path / "s", "--checkpoint", tmp_path)):
+        assert_user_error(run_wealy(*argv, "--gpus", "2"), "--gpus 2: no CUDA GPU is visible", "--gpus 0")

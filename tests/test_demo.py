@@ -7,7 +7,8 @@ import csv
 import json
 import time
 
-from conftest import run_wealy
+import pytest
+from helpers.cli import run_wealy, run_wealy_process
 
 from wealy_cli.demo import bundled_collection
 
@@ -30,12 +31,13 @@ def small_collection(path, per_split: int = 2, versions: int = 2):
     return len(chosen)
 
 
+@pytest.mark.slow
 def test_demo_runs_every_step_then_skips_them(tmp_path):
     n = small_collection(tmp_path / "small.csv")
     assert n == 12
     args = ("demo", "--collection", tmp_path / "small.csv", "--run-dir", tmp_path / "run",
             "--train-minutes", "0.05", "--max-epochs", "2")
-    first = run_wealy(*args, timeout=900)
+    first = run_wealy_process(*args, timeout=900)  # the real executable, once
     assert first.returncode == 0, first.stderr[-3000:]
     run = tmp_path / "run"
     summary = json.loads((run / "comparison.json").read_text())

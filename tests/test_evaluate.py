@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_store, run_wealy
+from helpers.cli import run_wealy, run_wealy_process
+from helpers.stores import make_store
 
 from wealy_cli.core.safepickle import safe_load
 from wealy_cli.ranking.matrixfile import read_matrix
@@ -66,6 +67,7 @@ def common(root):
             "--metadata", root / "split.csv", "--split", "test", "--chunk", "12", "--overlap", "0.5"]
 
 
+@pytest.mark.slow
 def test_evaluate_matches_dense_computation_and_two_workers_agree(setup, tmp_path):
     root, items, model = setup
     out = tmp_path / "run"
@@ -82,8 +84,7 @@ def test_evaluate_matches_dense_computation_and_two_workers_agree(setup, tmp_pat
     assert (out / "settings.yaml").is_file()
     # Two Fabric workers (CPU processes), each embedding half the songs into a fresh cache.
     two = tmp_path / "two"
-    proc = run_wealy("evaluate", *common(root), "--topk", "3", "--output", two, "--gpus", "2",
-                     "--accelerator", "cpu")
+    proc = run_wealy_process("evaluate", *common(root), "--topk", "3", "--output", two, "--workers", "2")
     assert proc.returncode == 0, proc.stderr
     assert json.loads((two / "results.json").read_text())["metrics"] == results["metrics"]
     assert (two / "per_query.csv").read_text() == (out / "per_query.csv").read_text()

@@ -7,9 +7,10 @@ import json
 
 import numpy as np
 import torch
-from conftest import make_store, run_wealy
-from test_checkpoints import SIZES
-from test_hub import COMMIT_A, add_snapshot, offline, original_repo_files  # noqa: F401 (fixture)
+from helpers.cli import run_wealy
+from helpers.hub import COMMIT_A, add_snapshot, original_repo_files
+from helpers.original import SIZES
+from helpers.stores import make_store
 from test_metrics import reference
 
 
@@ -32,7 +33,7 @@ def test_evaluate_published_model_offline(tmp_path, offline):  # noqa: F811
     make_store(tmp_path / "store", items, SIZES["input_channels"])
 
     proc = run_wealy("evaluate", "--model", "wealy-whisper-dvi", "--store", tmp_path / "store",
-                     "--metadata", tmp_path / "meta", "--output", tmp_path / "out", "--accelerator", "cpu",
+                     "--metadata", tmp_path / "meta", "--output", tmp_path / "out",
                      env=offline)
     assert proc.returncode == 0, proc.stderr
     results = json.loads((tmp_path / "out" / "results.json").read_text())

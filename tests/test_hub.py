@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from pathlib import Path
 
@@ -11,8 +10,8 @@ import huggingface_hub
 import pytest
 import torch
 import yaml
-from huggingface_hub import constants as hf_constants
-from test_checkpoints import SIZES, OriginalModel, write_original
+from helpers.hub import COMMIT_A, COMMIT_B, add_snapshot, original_repo_files
+from helpers.original import SIZES
 
 from wealy_cli.core.errors import UserError
 from wealy_cli.model import hub
@@ -20,48 +19,6 @@ from wealy_cli.model.card import REMOVED, build_upload_folder
 from wealy_cli.model.network import ModelConfig, build_model, load_model, save_weights
 
 torch.set_num_threads(1)
-
-COMMIT_A = "a1" * 20
-COMMIT_B = "b2" * 20
-
-
-def add_snapshot(cache: Path, repo_id: str, commit: str, files: dict[str, bytes], ref: str | None = "main") -> Path:
-    """huggingface_hub's cache layout: blobs/<sha256>, snapshots/<commit>/<name> → blob, refs/<ref>."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (repo / "blobs").mkdir(exist_ok=True)
-    for name, data in files.items():
-        blob = hashlib.sha256(data).hexdigest()
-        (repo / "blobs" / blob).write_bytes(data)
-        (snapshot / name).symlink_to(Path("..") / ".." / "blobs" / blob)
-    if ref:
-        (repo / "refs").mkdir(exist_ok=True)
-        (repo / "refs" / ref).write_text(commit)
-    return snapshot
-
-
-def original_repo_files(tmp: Path, avg: bool = False, seed: int = 0) -> tuple[dict[str, bytes], OriginalModel]:
-    torch.manual_seed(seed)
-    reference = OriginalModel(avg).eval()
-    ckpt, config = write_original(tmp, reference, avg)
-    conf = yaml.safe_load(config.read_text())
-    conf["data"]["dataset_name"] = "discogs-vi"
-    conf["evaluation"] = {"topk_distance": 3}
-    return {"best.ckpt": ckpt.read_bytes(), "configuration.yaml": yaml.safe_dump(conf).encode()}, reference
-
-
-@pytest.fixture
-def offline(tmp_path, monkeypatch):
-    """HF_HUB_OFFLINE=1 with the cache and the imported-models directory in tmp_path."""
-    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "WEALY_MODELS_DIR": str(tmp_path / "models")}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    (tmp_path / "hub").mkdir()
-    return env
-
 
 def test_registry_has_the_eight_published_models():
     assert list(hub.REGISTRY) == ["wealy-whisper-shs", "wealy-sbert-shs", "wealy-whisper-en-shs",

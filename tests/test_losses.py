@@ -6,9 +6,10 @@ import math
 
 import pytest
 import torch
+from pydantic import ValidationError
 
-from wealy_cli.core.errors import UserError
-from wealy_cli.model.losses import LossConfig, clews_loss, make_loss, ntxent_loss, triplet_loss
+from wealy_cli.model.losses import clews_loss, make_loss, ntxent_loss, triplet_loss
+from wealy_cli.model.options import LossOptions
 
 torch.set_num_threads(1)
 
@@ -47,7 +48,7 @@ def test_clews_hand_computed():
     assert clews_loss(z, labels, ids).item() == pytest.approx(1 + 0.5 * uniform, rel=1e-6)
 
 
-def _reference(kind: str, z: torch.Tensor, labels: list[int], ids: list[int], cfg: LossConfig) -> float:
+def _reference(kind: str, z: torch.Tensor, labels: list[int], ids: list[int], cfg: LossOptions) -> float:
     """Plain Python loops over pairs."""
     n = len(labels)
     zn = [[float(v) for v in row / row.norm()] for row in z]
@@ -73,7 +74,7 @@ def test_losses_match_loop_reference_with_repeated_versions(kind):
     labels = [0, 0, 1, 1, 1, 2, 2, 3, 0, 4]
     ids = [0, 1, 2, 3, 4, 5, 6, 7, 0, 8]  # version 0 drawn twice, clique 4 has no positive
     z = torch.randn(10, 6, dtype=torch.float64)
-    cfg = LossConfig(type=kind, temperature=0.3, margin=0.2)
+    cfg = LossOptions(loss=kind, temperature=0.3, margin=0.2)
     got = make_loss(cfg)(z, torch.tensor(labels), torch.tensor(ids)).item()
     assert got == pytest.approx(_reference(kind, z, labels, ids, cfg), rel=1e-9)
 
@@ -86,7 +87,7 @@ def test_gradients_finite_even_with_degenerate_rows(kind):
     z[4] = z[5] * 1e4  # huge norm
     z.requires_grad_(True)
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 4])
-    loss = make_loss(LossConfig(type=kind, temperature=0.05))(z, labels, torch.arange(8))
+    loss = make_loss(LossOptions(loss=kind, temperature=0.05))(z, labels, torch.arange(8))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
     assert z.grad.abs().sum() > 0
@@ -100,7 +101,7 @@ def test_no_positive_in_batch_gives_zero_with_graph():
 
 
 def test_bad_loss_options():
-    with pytest.raises(UserError, match="--loss"):
-        make_loss(LossConfig(type="hinge"))
-    with pytest.raises(UserError, match="--temperature"):
-        make_loss(LossConfig(temperature=0))
+    with pytest.raises(ValidationError, match="loss"):
+        LossOptions(loss="hinge")
+    with pytest.raises(ValidationError, match="temperature"):
+        LossOptions(temperature=0)

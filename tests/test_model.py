@@ -53,7 +53,7 @@ def test_config_from_original_yaml_keys():
     cfg = ModelConfig.from_dict(original)
     assert (cfg.input_channels, cfg.pool_type, cfg.positional_encoding, cfg.arch) == (384, "gem", True, "transformer")
     with pytest.raises(UserError, match="divisible"):
-        ModelConfig(hidden_dim=10, num_heads=3)
+        ModelConfig.from_dict({"hidden_dim": 10, "num_heads": 3})
 
 
 @pytest.mark.parametrize("arch,positions", [("transformer", False), ("transformer", True), ("avgmlp", False)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import REPO, run_wealy
+from helpers.cli import REPO, run_wealy
 
 GROUPS = {"extract": ("whisper", "sbert", "clews"), "models": ("list", "download", "upload", "import"),
           "store": ("info", "verify")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_store
+from helpers.stores import make_store
 
 from wealy_cli.core.store import Store, StoreWriter
 from wealy_cli.ranking.chunks import EmbedOptions, chunk_spans, embed_chunks, embedding_groups
@@ -14,11 +14,11 @@ from wealy_cli.ranking.tiles import SongSet, all_against_all, dense_distances
 
 
 def test_chunk_spans_by_hand():
-    assert chunk_spans(0) == []
-    assert chunk_spans(100) == [(0, 100)]
-    assert chunk_spans(1500) == [(0, 1500)]
-    assert chunk_spans(1650) == [(0, 1500), (150, 1650)]
-    assert chunk_spans(1700) == [(0, 1500), (150, 1650), (200, 1700)]  # tail-aligned last chunk
+    assert chunk_spans(0, 1500, 0.9) == []
+    assert chunk_spans(100, 1500, 0.9) == [(0, 100)]
+    assert chunk_spans(1500, 1500, 0.9) == [(0, 1500)]
+    assert chunk_spans(1650, 1500, 0.9) == [(0, 1500), (150, 1650)]
+    assert chunk_spans(1700, 1500, 0.9) == [(0, 1500), (150, 1650), (200, 1700)]  # tail-aligned last chunk
     assert chunk_spans(10, chunk=4, overlap=0.5) == [(0, 4), (2, 6), (4, 8), (6, 10)]
     assert chunk_spans(11, chunk=4, overlap=0.5)[-1] == (7, 11)
     with pytest.raises(ValueError):

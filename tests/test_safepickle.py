@@ -8,7 +8,7 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import run_wealy
+from helpers.cli import run_wealy
 
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.safepickle import UnsafePickleError, safe_load, safe_loads

@@ -14,13 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, make_store, run_wealy
+from helpers.cli import REPO, run_wealy, run_wealy_process
+from helpers.stores import make_store
 
 from wealy_cli.core.datasets import load_split
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.store import Store
-from wealy_cli.model.network import ModelConfig, load_model
-from wealy_cli.model.training import STATE, TrainOptions, lr_at, plan_epoch, rank_batches, train
+from wealy_cli.model.network import load_model
+from wealy_cli.model.options import TrainRun
+from wealy_cli.model.training import STATE, lr_at, plan_epoch, rank_batches, train
 
 torch.set_num_threads(1)
 
@@ -50,6 +52,11 @@ def build_separable(root: Path, train_cliques: int = 96, val_cliques: int = 12, 
     return root / "store", root / "data.csv"
 
 
+def recipe(store_dir: Path, output: Path, **options) -> TrainRun:
+    """A training run on the CPU, one process, the tiny model; ``options`` override."""
+    return TrainRun(**{"store": store_dir, "output": output, "gpus": 0, "loader_workers": 0, **TINY_CFG, **options})
+
+
 def splits(store_dir: Path, csv_path: Path):
     store = Store(store_dir)
     train_split = load_split("csv", "train", csv_path, check_audio=False).restrict(store.keys())
@@ -73,9 +80,10 @@ def brute_force_map(z: np.ndarray, cliques: list[str]) -> float:
 
 
 def test_learning_lifts_validation_map_from_chance(tmp_path):
-    store, train_split, val_split = splits(*build_separable(tmp_path))
-    opts = TrainOptions(output=tmp_path / "run", model=ModelConfig(input_channels=16, dropout=0.0, **TINY_CFG),
-                        batch_size=16, chunk=16, max_epochs=8, warmup_epochs=1, lr=5e-3, accelerator="cpu")
+    store_dir, csv_path = build_separable(tmp_path)
+    store, train_split, val_split = splits(store_dir, csv_path)
+    opts = recipe(store_dir, tmp_path / "run", dropout=0.0, batch_size=16, chunk=16, max_epochs=8, warmup_epochs=1,
+                  lr=5e-3)
     result = train(opts, store, train_split, val_split)
     maps = [row["val_map"] for row in result.history]
     assert maps[0] < 0.5  # untrained: near chance (1 relevant among 23)
@@ -114,7 +122,7 @@ def test_sampling_is_deterministic_and_partitions_global_batches(tmp_path):
 
 
 def test_lr_schedule_warmup_then_cosine():
-    opts = TrainOptions(output=Path("."), model=ModelConfig(), lr=1e-4, warmup_epochs=50, max_epochs=1000)
+    opts = TrainRun.model_construct(lr=1e-4, warmup_epochs=50, max_epochs=1000)
     assert lr_at(0, opts) == pytest.approx(2e-6)
     assert lr_at(49, opts) == pytest.approx(1e-4)
     assert lr_at(50, opts) == pytest.approx(1e-4)
@@ -123,18 +131,20 @@ def test_lr_schedule_warmup_then_cosine():
 
 
 def test_bad_batch_size_is_a_user_error(tmp_path):
-    store, train_split, val_split = splits(*build_separable(tmp_path, train_cliques=3, val_cliques=2))
-    opts = TrainOptions(output=tmp_path / "run", model=ModelConfig(input_channels=16, **TINY_CFG), batch_size=64)
+    store_dir, csv_path = build_separable(tmp_path, train_cliques=3, val_cliques=2)
+    store, train_split, val_split = splits(store_dir, csv_path)
+    opts = recipe(store_dir, tmp_path / "run", batch_size=64)
     with pytest.raises(UserError, match="--batch-size"):
         train(opts, store, train_split, val_split)
 
 
 def _cli_args(store_dir: Path, csv_path: Path, out: Path, *extra: str) -> list[str]:
     return ["train", "--store", store_dir, "--dataset", "csv", "--metadata", csv_path, "--output", out,
-            *TINY, "--chunk", "16", "--workers", "0", "--warmup-epochs", "1", "--lr", "3e-3",
-            "--accelerator", "cpu", "--quiet", *extra]
+            *TINY, "--chunk", "16", "--loader-workers", "0", "--warmup-epochs", "1", "--lr", "3e-3",
+            "--quiet", *extra]
 
 
+@pytest.mark.slow
 def test_two_process_gather_equals_single_process(tmp_path):
     """2 CPU processes (Fabric DDP, gloo), batch 8 each, vs 1 process, batch 16: same global
     batches, so the same loss, the same gradients (Adam moments) and the same weights."""
@@ -142,12 +152,11 @@ def test_two_process_gather_equals_single_process(tmp_path):
     store, train_split, val_split = splits(store_dir, csv_path)
     common = ["--dropout", "0", "--max-epochs", "2", "--limit-batches", "2"]
     env = {"OMP_NUM_THREADS": "1", "MASTER_PORT": str(20000 + os.getpid() % 20000)}
-    ddp = run_wealy(*_cli_args(store_dir, csv_path, tmp_path / "ddp", *common, "--batch-size", "8", "--gpus", "2"),
-                    env=env, timeout=300)
+    ddp = run_wealy_process(*_cli_args(store_dir, csv_path, tmp_path / "ddp", *common, "--batch-size", "8",
+                                       "--workers", "2"), env=env, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single = TrainOptions(output=tmp_path / "single", model=ModelConfig(input_channels=16, dropout=0.0, **TINY_CFG),
-                          batch_size=16, chunk=16, max_epochs=2, limit_batches=2, warmup_epochs=1, lr=3e-3,
-                          accelerator="cpu")
+    single = recipe(store_dir, tmp_path / "single", dropout=0.0, batch_size=16, chunk=16, max_epochs=2,
+                    limit_batches=2, warmup_epochs=1, lr=3e-3)
     result = train(single, store, train_split, val_split)
     a = torch.load(tmp_path / "single" / STATE, weights_only=True)
     b = torch.load(tmp_path / "ddp" / STATE, weights_only=True)
@@ -176,6 +185,7 @@ def test_two_process_gather_equals_single_process(tmp_path):
     assert abs(halves.item() - ntxent_loss(z, labels, torch.arange(16)).item()) > 1e-3
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_continues(tmp_path):
     store_dir, csv_path = build_separable(tmp_path, train_cliques=48, val_cliques=6)
     out = tmp_path / "run"
@@ -205,7 +215,7 @@ def test_sigkill_then_resume_continues(tmp_path):
 
     target = killed_at + 2
     resumed = run_wealy(*_cli_args(store_dir, csv_path, out, "--batch-size", "8", "--max-epochs", str(target),
-                                   "--resume"), timeout=300)
+                                   "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = torch.load(out / STATE, weights_only=True)
     steps_per_epoch = 96 // 8
@@ -234,20 +244,19 @@ def _read_state_retrying(path: Path) -> dict:
 
 
 def test_stopping_rules(tmp_path):
-    store, train_split, val_split = splits(*build_separable(tmp_path, train_cliques=16, val_cliques=4))
-    base = dict(model=ModelConfig(input_channels=16, dropout=0.0, **TINY_CFG), batch_size=8, chunk=16,
-                accelerator="cpu", max_epochs=5)
-    # lr 0 never improves the val MAP of epoch 0: patience 2 stops after epoch 2. (Also reads
-    # the store from a DataLoader worker process.)
-    frozen = train(TrainOptions(output=tmp_path / "a", lr=0.0, min_lr=0.0, warmup_epochs=0, patience=2, workers=1,
-                                **base),
-                   store, train_split, val_split)
+    store_dir, csv_path = build_separable(tmp_path, train_cliques=16, val_cliques=4)
+    store, train_split, val_split = splits(store_dir, csv_path)
+    base = dict(dropout=0.0, batch_size=8, chunk=16, max_epochs=5)
+    # An lr of 1e-15 moves no float32 weight, so the val MAP of epoch 0 is never beaten: patience 2
+    # stops after epoch 2. (Also reads the store from a DataLoader worker process.)
+    frozen = train(recipe(store_dir, tmp_path / "a", lr=1e-15, min_lr=0.0, warmup_epochs=0, patience=2,
+                          loader_workers=1, **base), store, train_split, val_split)
     assert (frozen.epochs, frozen.best_epoch) == (2, 0) and "no improvement" in frozen.stop_reason
     # After the warm-up, an lr below min_lr ends the run.
-    low = train(TrainOptions(output=tmp_path / "b", lr=1e-3, min_lr=1.0, warmup_epochs=1, **base),
+    low = train(recipe(store_dir, tmp_path / "b", lr=1e-3, min_lr=1.0, warmup_epochs=1, **base),
                 store, train_split, val_split)
     assert low.epochs == 1 and low.stop_reason == "lr below min_lr"
     # A time limit already spent: the unfinished epoch is discarded, epoch 0 stays the last state.
-    late = train(TrainOptions(output=tmp_path / "c", time_limit=1e-9, **base), store, train_split, val_split)
+    late = train(recipe(store_dir, tmp_path / "c", time_limit=1e-9, **base), store, train_split, val_split)
     assert late.epochs == 0 and late.stop_reason.startswith("time limit")
     assert torch.load(tmp_path / "c" / STATE, weights_only=True)["epoch"] == 0

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from wealy_cli.core.datasets import load_split
 from wealy_cli.core.errors import UserError
+from wealy_cli.core.settings import CreatableDir, ExistingFile, Options, option
 
 Runner = Callable[[list[str]], int]
 # Oracles use the clique labels: they bound what transcriptions allow, they are not methods.
@@ -28,20 +29,26 @@ def bundled_collection() -> Path:
     return Path(str(resources.files("wealy_cli") / "data" / "demo" / "collection.csv"))
 
 
-@dataclass
-class DemoOptions:
-    collection: Path
-    run_dir: Path
-    train_minutes: float = 1.5
-    max_epochs: int = 150
-    whisper_model: str | None = None  # None: the extract command's default (packaged tiny.en)
-    seed: int = 42
-    quiet: bool = False
-    # A small WEALY for a CPU minute; the paper's sizes are `wealy train`'s defaults.
-    model_flags: list[str] = field(default_factory=lambda: [
-        "--hidden-dim", "256", "--zdim", "128", "--layers", "2", "--heads", "4", "--ff-dim", "512",
-        "--dropout", "0.1", "--chunk", "512", "--workers", "0", "--warmup-epochs", "5",
-        "--lr", "5e-4", "--min-lr", "1e-7"])
+def small_model_config() -> Path:
+    """The bundled config of a small WEALY for CPU minutes (the paper's sizes are the defaults)."""
+    return Path(str(resources.files("wealy_cli") / "configs" / "cpu-small.yaml"))
+
+
+class DemoOptions(Options):
+    """``wealy demo``: which collection, where the run goes, and the training budget."""
+
+    collection: ExistingFile | None = option(None, "A collection CSV (clique,version,path,split).",
+                                             shown_default="the bundled 24-song collection")
+    run_dir: CreatableDir = option(Path("runs/demo"), "Where every step writes.", short="-o")
+    train_minutes: float = option(1.5, "Training time limit in minutes.", gt=0)
+    max_epochs: int = option(150, "Training epochs at most.", ge=1)
+    whisper_model: str | None = option(None, "Whisper model for extraction.", shown_default="the packaged tiny.en")
+    seed: int = option(42, "Seed of training and the random baselines.")
+    fresh: bool = option(False, "Start over (delete the run directory) instead of skipping finished steps.",
+                         negative="--resume")
+
+    def collection_csv(self) -> Path:
+        return self.collection or bundled_collection()
 
 
 @dataclass
@@ -55,8 +62,10 @@ class Step:
 class Demo:
     """Plans and runs the steps; reads their outputs into one comparison."""
 
-    def __init__(self, opts: DemoOptions) -> None:
+    def __init__(self, opts: DemoOptions, quiet: bool = False) -> None:
         self.opts = opts
+        self.collection = opts.collection_csv()
+        self.quiet = quiet
         run = opts.run_dir
         self.whisper_store = run / "stores" / "whisper"
         self.sbert_store = run / "stores" / "sbert"
@@ -68,29 +77,28 @@ class Demo:
         self.done_dir = run / ".done"
 
     def _data(self, split: str | None = "test") -> list[str]:
-        args = ["--dataset", "csv", "--metadata", str(self.opts.collection)]
+        args = ["--dataset", "csv", "--metadata", str(self.collection)]
         return args + (["--split", split] if split else [])
 
     def steps(self) -> list[Step]:
         o = self.opts
-        extract = ["extract", "whisper", *self._data("all"), "--out", str(self.whisper_store)]
+        extract = ["extract", "whisper", *self._data("all"), "--out", str(self.whisper_store), "--gpus", "0"]
         if o.whisper_model:
             extract += ["--model", o.whisper_model]
         # A batch of at most 16 items, never more than the training split holds.
-        n_train = len(load_split("csv", "train", o.collection, check_audio=False))
+        n_train = len(load_split("csv", "train", self.collection, check_audio=False))
         batch = str(max(2, min(16, n_train)))
         train = ["train", "--store", str(self.whisper_store), *self._data(None), "--output", str(self.train_dir),
-                 "--batch-size", batch, "--time-limit", str(o.train_minutes), "--max-epochs", str(o.max_epochs), "--seed", str(o.seed),
-                 "--accelerator", "cpu", "--gpus", "1", *o.model_flags]
-        model = ["--checkpoint", str(self.train_dir), "--store", str(self.whisper_store), *self._data(),
-                 "--accelerator", "cpu"]
+                 "--batch-size", batch, "--time-limit", str(o.train_minutes), "--max-epochs", str(o.max_epochs),
+                 "--seed", str(o.seed), "--config", str(small_model_config())]
+        model = ["--checkpoint", str(self.train_dir), "--store", str(self.whisper_store), *self._data()]
         return [
             Step("extract whisper", extract),
             Step("extract sbert", ["extract", "sbert", str(self.whisper_store), "--out", str(self.sbert_store)]),
             Step("baselines", ["baselines", "--store", str(self.whisper_store), *self._data(),
                                "--output", str(self.baselines_dir), "--save-distances", "--seed", str(o.seed)]),
             Step("train", train),
-            Step("evaluate", ["evaluate", *model, "--output", str(self.eval_dir)]),
+            Step("evaluate", ["evaluate", *model, "--output", str(self.eval_dir), "--gpus", "0"]),
             Step("distances", ["distances", *model, "--output", str(self.wealy_matrix)]),
             Step("fuse", []),  # its inputs depend on the baselines' results: built when it runs
         ]
@@ -111,7 +119,7 @@ class Demo:
             else:
                 if step.name == "fuse":
                     step.argv = self.fuse_argv()
-                argv = (["--quiet"] if self.opts.quiet else []) + step.argv
+                argv = (["--quiet"] if self.quiet else []) + step.argv
                 start = time.perf_counter()
                 code = runner(argv)
                 step.seconds = time.perf_counter() - start

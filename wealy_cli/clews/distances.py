@@ -17,30 +17,23 @@ their longest song, padding masked), so the cost in memory does not grow with th
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from wealy_cli.clews.options import ClewsDistanceOptions, parse_redux
 from wealy_cli.core import ui
-from wealy_cli.core.datasets import DatasetSplit
+from wealy_cli.core.datasets import DatasetSplit, load_split
 from wealy_cli.core.errors import UserError
+from wealy_cli.core.settings import DataSettings
 from wealy_cli.core.store import Store
-from wealy_cli.ranking.matrixfile import DistanceMatrix
+from wealy_cli.ranking.matrixfile import DistanceMatrix, MatrixFormat, write_matrix
+from wealy_cli.ranking.metrics import Metrics, retrieval_metrics
 
 REDUCTIONS = ("bpwr-5", "bpwr-10", "min", "mean")
 _INF = float("inf")
-
-
-def parse_redux(redux: str) -> tuple[str, int]:
-    """'bpwr-5' → ('bpwr', 5); 'min' → ('min', 0); 'mean' → ('mean', 0)."""
-    if redux in ("min", "mean"):
-        return redux, 0
-    match = re.fullmatch(r"bpwr-(\d+)", redux)
-    if match and int(match[1]) >= 1:
-        return "bpwr", int(match[1])
-    raise UserError(f"--redux {redux!r}: expected bpwr-K (K >= 1, e.g. bpwr-5, bpwr-10), min or mean")
 
 
 def shingle_distances(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -182,3 +175,16 @@ def clews_distance_matrix(store: Store, split: DatasetSplit, redux: str = "bpwr-
             "dataset": split.name, "split": split.split, "store": str(store.directory),
             "store_settings": store.settings}
     return DistanceMatrix(dist, keys, keys, cliques, cliques, meta)
+
+
+def write_clews_distances(store_dir: Path, data: DataSettings, opts: ClewsDistanceOptions, path: Path,
+                          fmt: MatrixFormat) -> tuple[tuple[int, int], Metrics]:
+    """CLEWS shingle embeddings → song distances by ``opts.redux``, streamed by blocks, written
+    to ``path``; returns the matrix shape and its metrics."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    split = load_split(data.dataset, data.split, data.metadata, check_audio=False)
+    matrix = clews_distance_matrix(Store(store_dir), split, redux=opts.redux, block=opts.block, device=device)
+    write_matrix(path, matrix, fmt)
+    metrics = retrieval_metrics(matrix.distances, matrix.query_cliques, matrix.candidate_cliques,
+                                matrix.query_keys, matrix.candidate_keys)
+    return matrix.distances.shape, metrics

@@ -17,36 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import Field, ValidationInfo, field_validator
 
 from wealy_cli.clews.model import SAMPLE_RATE, ClewsModel, load_clews, shingle
+from wealy_cli.clews.options import ClewsExtractOptions
 from wealy_cli.core import ui
 from wealy_cli.core.audio import AudioError, load_audio
 from wealy_cli.core.datasets import DatasetSplit, Version, load_split
 from wealy_cli.core.errors import UserError
-from wealy_cli.core.settings import CreatableDir, DataSettings, ExistingFile
+from wealy_cli.core.launch import check_gpus
 from wealy_cli.core.store import StoreWriter
-
-
-class ClewsExtractSettings(DataSettings):
-    section = "extract_clews"
-
-    checkpoint: ExistingFile
-    out: CreatableDir
-    max_seconds: float = Field(600.0, gt=0)
-    hop: float = Field(5.0, gt=0)
-    shingle_seconds: float = Field(20.0, gt=0)
-    batch_size: int = Field(16, ge=1)
-    gpus: int = Field(0, ge=0)
-    workers: int = Field(1, ge=0)
-
-    @field_validator("shingle_seconds")
-    @classmethod
-    def _shingle_fits(cls, value: float, info: ValidationInfo) -> float:
-        limit = info.data.get("max_seconds")
-        if limit is not None and value > limit:
-            raise ValueError(f"a shingle is longer than --max-seconds {limit}")
-        return value
 
 
 @dataclass
@@ -76,7 +55,7 @@ def file_sha256(path: Path, chunk: int = 2**22) -> str:
     return digest.hexdigest()
 
 
-def store_settings(s: ClewsExtractSettings, zdim: int) -> dict[str, object]:
+def store_settings(s: ClewsExtractOptions, zdim: int) -> dict[str, object]:
     """What determines a stored item: a store only ever mixes items made with equal values."""
     return {"features": "clews", "checkpoint_sha256": file_sha256(s.checkpoint), "zdim": zdim,
             "sample_rate": SAMPLE_RATE, "shingle_seconds": s.shingle_seconds, "hop": s.hop,
@@ -161,7 +140,7 @@ class _SongBatcher:
         return done
 
 
-def _run_part(s: ClewsExtractSettings, versions: list[Version], rank: int, model: ClewsModel,
+def _run_part(s: ClewsExtractOptions, versions: list[Version], rank: int, model: ClewsModel,
               settings: dict[str, object], show_progress: bool) -> ExtractReport:
     """Embed ``versions`` with ``model`` into the store with writer name ``w<rank>``."""
     report = ExtractReport()
@@ -170,7 +149,7 @@ def _run_part(s: ClewsExtractSettings, versions: list[Version], rank: int, model
         todo = [v for v in versions if v.key not in writer]
         report.skipped = len(versions) - len(todo)
         loader = torch.utils.data.DataLoader(_AudioItems(todo, s.max_seconds), batch_size=None,
-                                             num_workers=s.workers, collate_fn=_identity)
+                                             num_workers=s.loader_workers, collate_fn=_identity)
         batcher = _SongBatcher(model, writer, report, s.batch_size)
         with ui.progress() as bar:
             task = bar.add_task("CLEWS embeddings", total=len(todo), status="", visible=show_progress)
@@ -189,7 +168,7 @@ def _run_part(s: ClewsExtractSettings, versions: list[Version], rank: int, model
     return report
 
 
-def _worker(rank: int, s: ClewsExtractSettings, versions: list[Version], settings: dict[str, object],
+def _worker(rank: int, s: ClewsExtractOptions, versions: list[Version], settings: dict[str, object],
             devices: list[str], quiet: bool, queue) -> None:  # noqa: ANN001 - a multiprocessing queue
     ui.set_quiet(quiet)  # spawned processes start with the defaults
     model = load_clews(s.checkpoint, device=devices[rank])
@@ -197,7 +176,7 @@ def _worker(rank: int, s: ClewsExtractSettings, versions: list[Version], setting
     queue.put((rank, _run_part(s, part, rank, model, settings, show_progress=rank == 0)))
 
 
-def _run_devices(s: ClewsExtractSettings, versions: list[Version], settings: dict[str, object],
+def _run_devices(s: ClewsExtractOptions, versions: list[Version], settings: dict[str, object],
                  devices: list[str]) -> ExtractReport:
     """One spawned process per device (rank r takes every len(devices)-th song and writes shards
     named w<r>); a process that dies is reported instead of waited for."""
@@ -219,7 +198,8 @@ def _run_devices(s: ClewsExtractSettings, versions: list[Version], settings: dic
             if dead:
                 for p in procs:
                     p.terminate()
-                raise RuntimeError(f"worker process(es) {dead} failed; finished shards are kept, run again to resume")
+                raise RuntimeError(f"worker process(es) {dead} failed; finished shards are kept, "
+                                   "run again to resume") from None
     for p in procs:
         p.join()
     return report
@@ -228,19 +208,18 @@ def _run_devices(s: ClewsExtractSettings, versions: list[Version], settings: dic
 # ---------------------------------------------------------------- entry point
 
 
-def split_for(s: ClewsExtractSettings) -> DatasetSplit:
+def split_for(s: ClewsExtractOptions) -> DatasetSplit:
     split = load_split(s.dataset, s.split, s.metadata, s.audio_dir)
     if s.dataset != "csv" and s.audio_dir is None:
         raise UserError(f"--audio-dir is needed to find the audio of dataset {s.dataset!r}")
     return split
 
 
-def extract_clews(s: ClewsExtractSettings) -> ExtractReport:
+def extract_clews(s: ClewsExtractOptions) -> ExtractReport:
     """Embed every version of the split; resume skips versions already in the store."""
     start = time.time()
+    check_gpus(s.gpus)
     split = split_for(s)
-    if s.gpus and s.gpus > torch.cuda.device_count():
-        raise UserError(f"--gpus {s.gpus}: only {torch.cuda.device_count()} CUDA device(s) available")
     model = load_clews(s.checkpoint)  # checks the checkpoint before any worker starts
     settings = store_settings(s, model.config.zdim)
     if s.gpus <= 1:

@@ -1,30 +1,41 @@
-"""``wealy store info|verify``: inspect and check an embedding store."""
+"""``wealy store info|verify|show``: inspect, check and read an embedding store."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import csv
+import json
+import sys
+from typing import Literal
 
 import typer
 
+from wealy_cli.commands.params import command
 from wealy_cli.core import ui
-from wealy_cli.core.settings import ExistingDir, WealySettings, load_settings
-from wealy_cli.core.store import Store, store_info, verify_store
+from wealy_cli.core.settings import CommandSettings, ExistingDir, argument, option
 
-app = typer.Typer(help="Inspect and check embedding stores.", no_args_is_help=True)
+app = typer.Typer(help="Inspect, check and read embedding stores.", no_args_is_help=True)
 
 
-class StoreSettings(WealySettings):
+class StoreSettings(CommandSettings):
     section = "store"
-    arguments = ("directory",)
-    directory: ExistingDir
-    values: bool = True
+    directory: ExistingDir = argument(help="Store directory.")
+    values: bool = option(True, "verify: also scan every value for NaN/Inf.")
+
+
+class StoreShowSettings(CommandSettings):
+    section = "store_show"
+    directory: ExistingDir = argument(help="Store directory.")
+    keys: list[str] = argument([], help="Keys to show (<clique>/<version>); none = every item.")
+    format: Literal["table", "csv", "json"] = option("table", "table (on screen), or csv / json on stdout "
+                                                    "for export.")
 
 
 @app.command("info")
-def info(directory: Path = typer.Argument(..., help="Store directory."),
-         config: Path = typer.Option(None, "--config", help="YAML settings file.")) -> None:
+@command(StoreSettings)
+def info(settings: StoreSettings) -> None:
     """Items, dim, row statistics, size, shards, settings and failures of a store."""
-    settings = load_settings(StoreSettings, config, directory=directory)
+    from wealy_cli.core.store import Store, store_info
+
     store = Store(settings.directory)
     data = store_info(store)
     extraction = data.pop("settings")
@@ -38,17 +49,39 @@ def info(directory: Path = typer.Argument(..., help="Store directory."),
 
 
 @app.command("verify")
-def verify(directory: Path = typer.Argument(..., help="Store directory."),
-           values: bool = typer.Option(None, "--values/--no-values",
-                                       help="Also scan every value for NaN/Inf. [default: values]"),
-           config: Path = typer.Option(None, "--config", help="YAML settings file.")) -> None:
+@command(StoreSettings)
+def verify(settings: StoreSettings) -> None:
     """Check that every shard opens, keys are unique, dims agree and values are finite.
 
     Exits with code 1 when something is wrong."""
-    settings = load_settings(StoreSettings, config, directory=directory, values=values)
+    from wealy_cli.core.store import verify_store
+
     report = verify_store(settings.directory, check_values=settings.values)
     rows = [("problem", p) for p in report.problems] + [("warning", w) for w in report.warnings]
     ui.show(ui.table(f"verify {settings.directory}: {report.items} items in {report.shards} shards",
                      ("status", "detail"), rows or [("ok", "no problems found")]))
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command("show")
+@command(StoreShowSettings)
+def show(settings: StoreShowSettings) -> None:
+    """What was transcribed: text, language, duration, rows and windows of stored items."""
+    from wealy_cli.core.store import Store, describe_items
+
+    items = describe_items(Store(settings.directory), settings.keys or None)
+    if settings.format == "json":
+        json.dump(items, sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    elif settings.format == "csv":
+        columns = list(dict.fromkeys(k for item in items for k in item if k != "windows"))
+        writer = csv.DictWriter(sys.stdout, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(items)
+    else:
+        columns = ("key", "language", "duration", "rows", "windows", "text")
+        ui.show(ui.table(f"{len(items)} item(s) of {settings.directory}", columns,
+                         [(i["key"], i.get("language", "-"), i.get("duration", "-"), i["rows"],
+                           len(i.get("windows") or []), i.get("text", "")) for i in items]))
+

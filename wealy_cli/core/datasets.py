@@ -24,6 +24,10 @@ class DatasetError(UserError, ValueError):
     """A dataset file is missing or malformed (reported as a user error)."""
 
 
+class MissingSplitError(DatasetError):
+    """The dataset has no file for this split (some collections have no val or train split)."""
+
+
 @dataclass(frozen=True)
 class Version:
     clique: str
@@ -130,7 +134,7 @@ def _discogs_file(metadata: Path, split: str) -> Path:
         return metadata
     candidates = sorted(metadata.glob(f"*light.json.{split}")) + sorted(metadata.glob(f"*{split}.json"))
     if not candidates:
-        raise DatasetError(
+        raise MissingSplitError(
             f"{metadata}: no Discogs-VI file for split {split!r} "
             f"(expected '*light.json.{split}' or '*{split}.json')"
         )
@@ -244,7 +248,7 @@ def clique_index(versions: Iterable[Version]) -> dict[str, list[int]]:
 
 def _read_text(path: Path) -> str:
     if not path.is_file():
-        raise DatasetError(f"{path}: split file not found")
+        raise MissingSplitError(f"{path}: split file not found")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:

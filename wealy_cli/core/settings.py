@@ -1,24 +1,27 @@
-"""Validated settings with one precedence rule for every command.
+"""Every setting written once, validated once, with one precedence rule for every command.
 
-    command-line flag  >  environment variable WEALY_<FIELD>  >  --config FILE.yaml  >  configs/ defaults
+A workflow's options are one pydantic model in the library (``Options``): each field has its
+type, default, bounds and a one-line description, and the library function takes that model as
+is. A command's settings (``CommandSettings``) combine those models with data locations; the
+command-line flags, their help and defaults are generated from the fields
+(``wealy_cli/commands/params.py``), so nothing is typed twice. Values come from, first wins::
 
-A config file (user's or bundled) may set a field at its top level, which applies to every
-command that has that field, or inside a section named after a command (``train:``,
-``extract_whisper:`` ...), which applies to that command only and wins over the top level.
-Bundled defaults live in ``wealy_cli/configs/<section>.yaml`` (``configs/`` in the repository)
-plus ``common.yaml``.
+    command-line flag  >  environment variable WEALY_<FIELD>  >  --config FILE.yaml  >  field default
+
+A config file may set a field at its top level (for every command that has it) or inside a
+section named after a command (``train:``, ``extract_whisper:`` ...; the fixed list
+``SECTIONS``), which applies to that command only and wins over the top level.
 """
 
 from __future__ import annotations
 
 import contextvars
 import os
-from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -26,13 +29,49 @@ from wealy_cli.core.errors import UserError
 from wealy_cli.core.files import write_atomically
 
 ENV_PREFIX = "WEALY_"
-_FILE_LAYERS: contextvars.ContextVar[tuple[dict[str, Any], dict[str, Any]]] = contextvars.ContextVar(
-    "wealy_file_layers", default=({}, {})
-)
-_REGISTRY: dict[str, type[WealySettings]] = {}
+# Config-file sections: one per command, fixed (not "whatever settings classes were imported").
+SECTIONS = ("extract_whisper", "extract_sbert", "extract_clews", "train", "evaluate", "distances",
+            "baselines", "fuse", "demo", "models_list", "models_download", "models_import", "models_upload",
+            "store", "store_show",
+            "index_build", "index_add", "index_info", "search")
+_FILE_LAYER: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("wealy_file_layer", default=None)
+_REGISTRY: dict[str, type[CommandSettings]] = {}
 
 
-# ---------------------------------------------------------------- path validators
+# ---------------------------------------------------------------- declaring a setting
+
+
+def option(default: Any = ..., help: str = "", *, flag: str | None = None, short: str | None = None,
+           negative: str | None = None, shown_default: str | None = None, **constraints: Any) -> Any:
+    """A setting: its default, a one-line description and its bounds (``ge``, ``gt``, ``le``, ``lt``).
+
+    ``flag`` overrides the generated ``--field-name``; ``short`` adds e.g. ``-o``; ``negative``
+    names the off switch of a boolean (default ``--no-<flag>``); ``shown_default`` is what help
+    prints when the default is computed at run time (e.g. "runs/train/NAME")."""
+    extra = {k: v for k, v in (("flag", flag), ("short", short), ("negative", negative),
+                                ("shown_default", shown_default)) if v is not None}
+    return Field(default, description=help, json_schema_extra=extra or None, **constraints)
+
+
+def argument(default: Any = ..., help: str = "", **constraints: Any) -> Any:
+    """A setting given as a positional command-line argument instead of a ``--flag``."""
+    return Field(default, description=help, json_schema_extra={"argument": True}, **constraints)
+
+
+def field_extra(field: FieldInfo) -> dict[str, Any]:
+    extra = field.json_schema_extra
+    return dict(extra) if isinstance(extra, dict) else {}
+
+
+def flag_name(name: str, field: FieldInfo) -> str:
+    """How the user names a field on the command line: ``--flag`` or ``argument NAME``."""
+    extra = field_extra(field)
+    if extra.get("argument"):
+        return f"argument {name.upper()}"
+    return extra.get("flag") or "--" + name.replace("_", "-")
+
+
+# ---------------------------------------------------------------- value types
 
 
 def _must_exist(path: Path) -> Path:
@@ -68,13 +107,42 @@ def _creatable(path: Path) -> Path:
     return path
 
 
+def _comma_list(value: Any) -> Any:
+    """"a,b" on the command line or in the environment, a YAML list in a config file."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
 ExistingPath = Annotated[Path, AfterValidator(_must_exist)]
 ExistingFile = Annotated[Path, AfterValidator(_must_be_file)]
 ExistingDir = Annotated[Path, AfterValidator(_must_be_dir)]
 CreatableDir = Annotated[Path, AfterValidator(_creatable)]
+CommaList = Annotated[list[str], BeforeValidator(_comma_list)]
 
 
-# ---------------------------------------------------------------- sources
+# ---------------------------------------------------------------- options and settings
+
+
+class Options(BaseModel):
+    """Base of a workflow's options: the values the library function reads, validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+DatasetName = Literal["shs", "lyric-covers", "discogs-vi", "csv"]
+SplitName = Literal["train", "val", "test"]
+
+
+class DataSettings(Options):
+    """Where a dataset's split files and audio are (every command that reads a split has these)."""
+
+    dataset: DatasetName = option("shs", "shs, lyric-covers, discogs-vi or csv (your own CSV: --metadata).")
+    split: SplitName = option("test", "The split: train, val or test.")
+    metadata: ExistingPath | None = option(
+        None, "Split files (folder) or the collection CSV for --dataset csv.",
+        shown_default="bundled split files for shs and lyric-covers")
+    audio_dir: ExistingDir | None = option(None, "Folder with the audio files (relative CSV paths: the CSV's folder).")
 
 
 class _DictSource(PydanticBaseSettingsSource):
@@ -89,17 +157,20 @@ class _DictSource(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
-class WealySettings(BaseSettings):
-    """Base of every command's settings. Subclasses set ``section`` (their YAML section)."""
+class CommandSettings(BaseSettings):
+    """A command's settings: its workflow's options plus data locations. Subclasses set
+    ``section`` (one of ``SECTIONS``: the config-file section and the name in settings.yaml)."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
     section: ClassVar[str] = ""
-    arguments: ClassVar[tuple[str, ...]] = ()  # fields given as positional arguments, not --flags
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.__dict__.get("section"):
-            _REGISTRY[cls.section] = cls
+        section = cls.__dict__.get("section")
+        if section:
+            if section not in SECTIONS:
+                raise ValueError(f"settings section {section!r} is not in SECTIONS")
+            _REGISTRY[section] = cls
 
     @classmethod
     def settings_customise_sources(
@@ -110,22 +181,32 @@ class WealySettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        user, defaults = _FILE_LAYERS.get()
-        return (init_settings, env_settings, _DictSource(settings_cls, user), _DictSource(settings_cls, defaults))
+        return (init_settings, env_settings, _DictSource(settings_cls, _FILE_LAYER.get() or {}))
 
     def resolved(self) -> dict[str, Any]:
         """Plain, YAML-safe dict of the final values."""
         return self.model_dump(mode="json")
 
+    def options(self, kind: type[M]) -> M:
+        """The ``kind`` part of these settings, as that model (for code that wants exactly it)."""
+        return kind.model_validate(self.model_dump(include=set(kind.model_fields)))
 
-S = TypeVar("S", bound=WealySettings)
+
+M = TypeVar("M", bound=BaseModel)
+S = TypeVar("S", bound=CommandSettings)
+
+
+def ordered_fields(cls: type[BaseModel]) -> list[tuple[str, FieldInfo]]:
+    """Fields in reading order: the class's own first, then each base's, as declared."""
+    seen: dict[str, FieldInfo] = {}
+    for klass in cls.__mro__:
+        for name in getattr(klass, "__annotations__", {}):
+            if name in cls.model_fields and name not in seen:
+                seen[name] = cls.model_fields[name]
+    return list(seen.items())
 
 
 # ---------------------------------------------------------------- loading
-
-
-def configs_dir() -> Path:
-    return Path(str(resources.files("wealy_cli") / "configs"))
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -147,18 +228,22 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _layer(data: dict[str, Any], cls: type[WealySettings], origin: str) -> dict[str, Any]:
+def known_fields() -> set[str]:
+    """Every field of every command (the registry is complete once the CLI is imported)."""
+    return set().union(*(set(c.model_fields) for c in _REGISTRY.values()))
+
+
+def config_layer(data: dict[str, Any], cls: type[CommandSettings], origin: str) -> dict[str, Any]:
     """Top-level fields of ``cls`` overlaid with the command's own section."""
     fields = set(cls.model_fields)
-    known_sections = set(_REGISTRY)
-    known_fields = set().union(*(set(c.model_fields) for c in _REGISTRY.values())) if _REGISTRY else fields
+    anywhere = known_fields() | fields
     for key, value in data.items():
-        if key in known_sections:
+        if key in SECTIONS:
             if not isinstance(value, dict):
                 raise UserError(f"{origin}: section '{key}' must be a mapping")
-        elif key not in known_fields:
+        elif key not in anywhere:
             raise UserError(f"{origin}: unknown setting '{key}'")
-    layer = {k: v for k, v in data.items() if k in fields and k not in known_sections}
+    layer = {k: v for k, v in data.items() if k in fields}
     own = data.get(cls.section) or {}
     for key in own:
         if key not in fields:
@@ -167,66 +252,45 @@ def _layer(data: dict[str, Any], cls: type[WealySettings], origin: str) -> dict[
     return layer
 
 
-def bundled_defaults(cls: type[WealySettings]) -> dict[str, Any]:
-    layer: dict[str, Any] = {}
-    for name in ("common.yaml", f"{cls.section}.yaml"):
-        path = configs_dir() / name
-        if path.is_file():
-            data = read_yaml(path)
-            layer.update({k: v for k, v in data.items() if k in cls.model_fields})
-    return layer
-
-
 def load_settings(cls: type[S], config: Path | None = None, **flags: Any) -> S:
-    """Build ``cls`` from flags (``None`` = not given), environment, config file and defaults."""
-    user = _layer(read_yaml(config), cls, str(config)) if config else {}
-    token = _FILE_LAYERS.set((user, bundled_defaults(cls)))
+    """Build ``cls`` from flags (``None`` = not given), environment and config file."""
+    layer = config_layer(read_yaml(Path(config)), cls, str(config)) if config else {}
+    token = _FILE_LAYER.set(layer)
     try:
         return cls(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as err:
         raise UserError(describe_validation_error(err, cls)) from err
     finally:
-        _FILE_LAYERS.reset(token)
+        _FILE_LAYER.reset(token)
 
 
-def describe_validation_error(err: ValidationError, cls: type[WealySettings]) -> str:
-    """One line naming the option (flag and environment variable) and what is wrong."""
-    first = err.errors()[0]
-    loc = [str(p) for p in first.get("loc", ())]
-    name = loc[0] if loc else "?"
-    flag = f"argument {name.upper()}" if name in cls.arguments else "--" + name.replace("_", "-")
-    env = ENV_PREFIX + name.upper()
-    msg = first.get("msg", "invalid value").removeprefix("Value error, ")
-    if first.get("type") == "extra_forbidden":
+def describe_validation_error(err: ValidationError, cls: type[BaseModel]) -> str:
+    """One line naming every option that is wrong (flag and environment variable) and why."""
+    return "; ".join(_describe(problem, cls) for problem in err.errors())
+
+
+def _describe(problem: Any, cls: type[BaseModel]) -> str:
+    loc = [str(p) for p in problem.get("loc", ())]
+    msg = problem.get("msg", "invalid value").removeprefix("Value error, ")
+    if not loc:  # a rule between settings (a model validator): its message names them
+        return msg
+    name = loc[0]
+    field = cls.model_fields.get(name)
+    if problem.get("type") == "extra_forbidden" or field is None:
         return f"unknown setting '{name}'"
-    more = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
-    value = first.get("input")
-    if isinstance(value, Path):
-        value = str(value)
-    shown = f" {value!r}" if value is not None and not isinstance(value, dict) else ""
-    return f"invalid value{shown} for {flag} ({env}): {msg}{more}"
+    flag = flag_name(name, field)
+    if problem.get("type") == "missing":
+        what = f": {field.description.rstrip('.')}" if field.description else ""
+        return f"{flag} is required{what}"
+    value = problem.get("input")
+    shown = f" {str(value) if isinstance(value, Path) else value!r}" if not isinstance(value, dict) else ""
+    env = "" if flag.startswith("argument") else f" ({ENV_PREFIX}{name.upper()})"
+    return f"invalid value{shown} for {flag}{env}: {msg}"
 
 
-def write_resolved(settings: WealySettings, directory: Path, name: str = "settings.yaml") -> Path:
+def write_resolved(settings: CommandSettings, directory: Path, name: str = "settings.yaml") -> Path:
     """Record the resolved settings of a run next to its outputs."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
     payload = {"command": settings.section, **settings.resolved()}
-    return write_atomically(path, yaml.safe_dump(payload, sort_keys=False))
+    return write_atomically(directory / name, yaml.safe_dump(payload, sort_keys=False))
 
-
-# ---------------------------------------------------------------- shared parts
-
-from typing import Literal  # noqa: E402
-
-DatasetName = Literal["shs", "lyric-covers", "discogs-vi", "csv"]
-SplitName = Literal["train", "val", "test"]
-
-
-class DataSettings(WealySettings):
-    """Where a dataset's split files and audio are (shared by every command that reads one)."""
-
-    dataset: DatasetName = "shs"
-    split: SplitName = "test"
-    metadata: ExistingPath | None = None
-    audio_dir: ExistingDir | None = None

@@ -338,10 +338,6 @@ class Store:
         return state
 
 
-def open_store(directory: Path) -> Store:
-    return Store(directory)
-
-
 # ---------------------------------------------------------------- inspection
 
 
@@ -425,3 +421,14 @@ def store_info(store: Store) -> dict[str, Any]:
         "settings hash": store.manifest.get("settings_hash"),
         "settings": store.settings,
     }
+
+
+def describe_items(store: Store, keys: list[str] | None = None) -> list[dict[str, Any]]:
+    """Key, rows and stored attributes (text, language, duration, windows ...) of ``keys`` (all
+    items when None), in store order; an unknown key is a StoreError naming it."""
+    wanted = store.keys() if keys is None else list(keys)
+    missing = [k for k in wanted if k not in store]
+    if missing:
+        raise StoreError(f"{store.directory}: no item {missing[0]!r}"
+                         + (f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""))
+    return [{"key": key, "rows": store.rows(key), **store.attrs(key)} for key in wanted]

@@ -17,24 +17,11 @@ margin losses, without a negative) are skipped.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from wealy_cli.core.errors import UserError
-
-LOSSES = ("ntxent", "triplet", "clews")
-
-
-@dataclass
-class LossConfig:
-    type: str = "ntxent"
-    temperature: float = 0.1
-    margin: float = 0.1
-    gamma: float = 8.0
-    b: float = 1.0
-    uniformity_weight: float = 0.5
+from wealy_cli.model.options import LossOptions
 
 
 def pair_masks(labels: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,14 +74,10 @@ def clews_loss(z: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, gamma: 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def make_loss(cfg: LossConfig) -> LossFn:
+def make_loss(opts: LossOptions) -> LossFn:
     """``loss(z, labels, ids) -> scalar`` for the configured type."""
-    if cfg.type == "ntxent":
-        if cfg.temperature <= 0:
-            raise UserError(f"--temperature must be > 0, got {cfg.temperature}")
-        return lambda z, labels, ids: ntxent_loss(z, labels, ids, cfg.temperature)
-    if cfg.type == "triplet":
-        return lambda z, labels, ids: triplet_loss(z, labels, ids, cfg.margin)
-    if cfg.type == "clews":
-        return lambda z, labels, ids: clews_loss(z, labels, ids, cfg.gamma, cfg.b, cfg.uniformity_weight)
-    raise UserError(f"--loss {cfg.type!r} is not one of {', '.join(LOSSES)}")
+    if opts.loss == "ntxent":
+        return lambda z, labels, ids: ntxent_loss(z, labels, ids, opts.temperature)
+    if opts.loss == "triplet":
+        return lambda z, labels, ids: triplet_loss(z, labels, ids, opts.margin)
+    return lambda z, labels, ids: clews_loss(z, labels, ids, opts.clews_gamma, opts.clews_bias, opts.clews_weight)

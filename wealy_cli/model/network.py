@@ -18,71 +18,61 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, ValidationError, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.files import replace_atomically, temporary_name, write_atomically
+from wealy_cli.model.options import ArchitectureOptions
 
-ARCHS = ("transformer", "avgmlp")
-POOLS = ("gem", "mean")
 _POOL_ALIASES = {"gem": "gem", "gempool": "gem", "mean": "mean", "meanpool": "mean"}
 _META_KEY = "wealy_model_config"
 
 
-@dataclass
-class ModelConfig:
-    """Model sizes; keys as in the original ``configuration.yaml`` (paper sizes by default)."""
+class ModelConfig(ArchitectureOptions):
+    """A network's sizes: the architecture options plus the input width (from the feature store).
+    Keys as in the original ``configuration.yaml``; saved with the weights."""
 
-    input_channels: int = 1280
-    hidden_dim: int = 768
-    zdim: int = 512
-    num_transformer_blocks: int = 4
-    num_heads: int = 12
-    ff_dim: int = 1024
-    dropout: float = 0.1
-    pool_type: str = "gem"
-    positional_encoding: bool = False
-    arch: str = "transformer"
-    avg_mlp_hidden_layers: int = 2
-    max_positions: int = 8192
+    input_channels: int = Field(1280, ge=1)
+    avg_mlp_hidden_layers: int = Field(2, ge=0)
+    max_positions: int = Field(8192, ge=1)
 
-    def __post_init__(self) -> None:
-        self.pool_type = _POOL_ALIASES.get(str(self.pool_type).lower(), str(self.pool_type))
-        if self.arch not in ARCHS:
-            raise UserError(f"model arch {self.arch!r} is not one of {', '.join(ARCHS)}")
-        if self.pool_type not in POOLS:
-            raise UserError(f"model pool_type {self.pool_type!r} is not one of {', '.join(POOLS)}")
-        for name in ("input_channels", "hidden_dim", "zdim", "num_heads", "ff_dim"):
-            if int(getattr(self, name)) < 1:
-                raise UserError(f"model {name} must be a positive integer, got {getattr(self, name)}")
-        if self.hidden_dim % self.num_heads:
-            raise UserError(f"model hidden_dim {self.hidden_dim} must be divisible by num_heads {self.num_heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"model dropout must be in [0, 1), got {self.dropout}")
+    @field_validator("pool_type", mode="before")
+    @classmethod
+    def _pool_alias(cls, value: Any) -> Any:
+        return _POOL_ALIASES.get(str(value).lower(), value)
+
+    @classmethod
+    def from_options(cls, options: ArchitectureOptions, input_channels: int) -> ModelConfig:
+        return cls(input_channels=input_channels, **options.model_dump(include=set(ArchitectureOptions.model_fields)))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Build from a dict, ignoring keys that do not apply (e.g. the original ``conv_blocks``,
-        ``loss``). The original's ``positional_encoding: {enabled: ...}`` mapping is accepted."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
+        """Build from a saved or original config, ignoring keys that do not apply (e.g. the
+        original ``conv_blocks``, ``loss``). The original's ``positional_encoding: {enabled: ...}``
+        mapping is accepted. A config that does not describe a valid model is a UserError."""
+        values = {k: v for k, v in data.items() if k in cls.model_fields}
         pe = values.get("positional_encoding")
         if isinstance(pe, dict):
             values["positional_encoding"] = bool(pe.get("enabled", False))
         if data.get("use_avg_pooling") and "arch" not in data:
             values["arch"] = "avgmlp"
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg'].removeprefix('Value error, ')}"
+                                 for e in err.errors())
+            raise UserError(f"model config: {problems}") from err
 
 
 # ---------------------------------------------------------------- layers

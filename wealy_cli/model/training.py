@@ -36,8 +36,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,42 +46,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from wealy_cli.core import ui
-from wealy_cli.core.datasets import DatasetSplit
+from wealy_cli.core.datasets import DatasetSplit, load_split
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.files import replace_atomically
+from wealy_cli.core.launch import Devices, resolve_devices
 from wealy_cli.core.store import Store
-from wealy_cli.model.losses import LossConfig, make_loss
-from wealy_cli.model.network import ModelConfig, build_model, save_weights
+from wealy_cli.model.losses import make_loss
+from wealy_cli.model.network import ModelConfig, build_model, count_parameters, save_weights
+from wealy_cli.model.options import TrainOptions, TrainRun
 from wealy_cli.ranking.metrics import Metrics, comp, retrieval_metrics
 
 STATE = "state.pt"
 METRICS = "metrics.csv"
-
-
-@dataclass
-class TrainOptions:
-    output: Path
-    model: ModelConfig
-    loss: LossConfig = field(default_factory=LossConfig)
-    per_clique: int = 2
-    batch_size: int = 64
-    chunk: int = 1500
-    max_epochs: int = 1000
-    lr: float = 1e-4
-    weight_decay: float = 1e-3
-    warmup_epochs: int = 50
-    min_lr: float = 1e-6
-    grad_clip: float = 1.0
-    gather: bool = True
-    devices: int = 1
-    accelerator: str = "auto"
-    precision: str = "auto"
-    workers: int = 0
-    seed: int = 42
-    patience: int = 0
-    time_limit: float = 0.0
-    limit_batches: int = 0
-    resume: bool = False
 
 
 @dataclass
@@ -91,6 +67,7 @@ class TrainResult:
     best_map: float
     stop_reason: str
     history: list[dict[str, float]]
+    rank: int = 0  # the process's global rank: only rank 0 reports
 
 
 # ---------------------------------------------------------------- data
@@ -165,7 +142,7 @@ def collate(batch: list[tuple[list[np.ndarray], list[int], list[int]]]) -> dict[
     for i, s in enumerate(seqs):
         x[i, : len(s)] = torch.from_numpy(np.asarray(s, dtype=np.float32))
         mask[i, : len(s)] = True
-    labels = torch.tensor([l for _, ls, _ in batch for l in ls])
+    labels = torch.tensor([label for _, ls, _ in batch for label in ls])
     ids = torch.tensor([i for _, _, ids in batch for i in ids])
     return {"x": x, "mask": mask, "labels": labels, "ids": ids}
 
@@ -297,53 +274,59 @@ class _TensorBoard:
 def _precision(opts: TrainOptions, accelerator: str) -> str:
     if opts.precision == "auto":
         return "bf16-mixed" if accelerator == "cuda" else "32-true"
-    return {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}.get(opts.precision, opts.precision)
+    return {"32": "32-true"}.get(opts.precision, opts.precision)
 
 
-def make_fabric(opts: TrainOptions) -> Any:
+def make_fabric(opts: TrainOptions, devices: Devices) -> Any:
     from lightning.fabric import Fabric
 
-    accelerator = opts.accelerator
-    if accelerator == "auto":
-        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
-    if accelerator == "gpu":
-        accelerator = "cuda"
-    if accelerator == "cuda" and not torch.cuda.is_available():
-        raise UserError("--accelerator gpu: no CUDA device is available (use --accelerator cpu)")
-    strategy = "ddp" if opts.devices > 1 else "auto"
-    return Fabric(accelerator=accelerator, devices=opts.devices, strategy=strategy,
-                  precision=_precision(opts, accelerator))
+    strategy = "ddp" if devices.processes > 1 else "auto"
+    return Fabric(accelerator=devices.accelerator, devices=devices.processes, strategy=strategy,
+                  precision=_precision(opts, devices.accelerator))
 
 
-def check_splits(train: DatasetSplit, val: DatasetSplit, opts: TrainOptions) -> None:
-    need = opts.batch_size * opts.devices
+def check_splits(train: DatasetSplit, val: DatasetSplit, opts: TrainOptions, devices: Devices) -> None:
+    need = opts.batch_size * devices.processes
     if len(train) < need:
         raise UserError(f"train split has {len(train)} versions in the store, fewer than one global batch "
-                        f"(--batch-size {opts.batch_size} × --gpus {opts.devices}); lower --batch-size")
+                        f"(--batch-size {opts.batch_size} × {devices.processes} process(es)); lower --batch-size")
     if len(val) < 2:
         raise UserError("val split has fewer than 2 versions in the store (need cliques with ≥ 2 versions)")
-    if opts.per_clique < 2:
-        raise UserError(f"--per-clique must be ≥ 2 (an anchor needs a positive), got {opts.per_clique}")
-    if opts.chunk < 1 or opts.batch_size < 1 or opts.max_epochs < 1:
-        raise UserError("--chunk, --batch-size and --max-epochs must be positive")
 
 
-def train(opts: TrainOptions, store: Store, train_split: DatasetSplit, val_split: DatasetSplit) -> TrainResult:
+def run_training(run: TrainRun, on_start: Callable[[str], None] | None = None) -> TrainResult | None:
+    """Load the store and both splits, then train; ``on_start(summary)`` is called once, by the
+    launching process, before training starts. Returns the result on rank 0, else None."""
+    resolve_devices(run)  # a device problem is reported before any data is read
+    store = Store(run.store)
+    train_split = load_split(run.dataset, run.split, run.metadata, check_audio=False).restrict(store.keys())
+    val_split = load_split(run.dataset, run.val_split, run.metadata, check_audio=False).restrict(store.keys())
+    if on_start is not None and os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        params = count_parameters(build_model(ModelConfig.from_options(run, store.dim)))
+        on_start(f"train: {len(train_split)} versions / {train_split.n_cliques()} cliques; val: {len(val_split)} / "
+                 f"{val_split.n_cliques()}; model {params / 1e6:.2f} M parameters → {run.run_dir()}")
+    result = train(run, store, train_split, val_split)
+    return result if result.rank == 0 else None
+
+
+def train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: DatasetSplit) -> TrainResult:
     """Run (or resume) training; returns what happened. Works on 1 or N devices."""
-    check_splits(train_split, val_split, opts)
-    out = Path(opts.output)
+    devices = resolve_devices(opts)
+    check_splits(train_split, val_split, opts, devices)
+    model_config = ModelConfig.from_options(opts, store.dim)
+    out = opts.run_dir()
     state_path = out / STATE
     if state_path.exists() and not opts.resume:
         raise UserError(f"{out}: holds a training run already; pass --resume to continue it or use another --output")
     state = read_state(state_path) if opts.resume and state_path.exists() else None
-    if state is not None and state["model_config"] != opts.model.to_dict():
+    if state is not None and state["model_config"] != model_config.to_dict():
         raise UserError(f"{state_path}: saved model config differs from the current options; "
                         f"resume with the same model settings")
 
-    fabric = make_fabric(opts)
+    fabric = make_fabric(opts, devices)
     fabric.launch()
     fabric.seed_everything(opts.seed, verbose=False)
-    model = build_model(opts.model)
+    model = build_model(model_config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     history: list[dict[str, float]] = []
     start_epoch, best_map, best_epoch, bad_epochs, step = 0, -1.0, -1, 0, 0
@@ -358,12 +341,17 @@ def train(opts: TrainOptions, store: Store, train_split: DatasetSplit, val_split
             for stale in out.glob(".*.tmp"):
                 stale.unlink(missing_ok=True)
     model, optimizer = fabric.setup(model, optimizer)
-    loss_fn = make_loss(opts.loss)
+    loss_fn = make_loss(opts)
     world, rank = fabric.world_size, fabric.global_rank
     is_main = rank == 0
     tensorboard = _TensorBoard(out) if is_main else None
     val_batch = opts.batch_size * opts.per_clique
     started = time.monotonic()
+
+    def validation() -> Metrics:
+        embeddings = embed_validation(fabric, model, store, val_split.keys, opts.chunk, val_batch,
+                                      opts.loader_workers)
+        return validate(embeddings, val_split)
 
     def over_time() -> bool:
         if opts.time_limit <= 0:
@@ -375,13 +363,13 @@ def train(opts: TrainOptions, store: Store, train_split: DatasetSplit, val_split
         if is_main:
             extra = {"epoch": epoch, "step": step, "val_map": row.get("val_map"), "best_map": best_map}
             if improved:
-                save_weights(out / "best", model, opts.model, extra)
-            save_weights(out / "last", model, opts.model, extra)
+                save_weights(out / "best", model, model_config, extra)
+            save_weights(out / "last", model, model_config, extra)
             write_state(state_path, {
                 "epoch": epoch, "step": step, "best_map": best_map, "best_epoch": best_epoch,
                 "bad_epochs": bad_epochs, "model": {k: v.detach().cpu() for k, v in _plain(model).state_dict().items()},
                 "optimizer": optimizer.state_dict(), "scheduler": {"last_epoch": epoch, "lr": row.get("lr", 0.0)},
-                "model_config": opts.model.to_dict(), "history": history, "world_size": world,
+                "model_config": model_config.to_dict(), "history": history, "world_size": world,
             })
             write_metrics_csv(out / METRICS, history)
             tensorboard.log(row)
@@ -390,8 +378,7 @@ def train(opts: TrainOptions, store: Store, train_split: DatasetSplit, val_split
     if state is None:  # epoch 0: how the untrained model does
         if is_main:
             out.mkdir(parents=True, exist_ok=True)
-        metrics = validate(embed_validation(fabric, model, store, val_split.keys, opts.chunk, val_batch, opts.workers),
-                           val_split)
+        metrics = validation()
         row = {"epoch": 0, "step": 0, **_metric_row(metrics)}
         history.append(row)
         best_map, best_epoch = row["val_map"], 0
@@ -411,7 +398,7 @@ def train(opts: TrainOptions, store: Store, train_split: DatasetSplit, val_split
         items = rank_batches(plan_epoch(train_split, opts.per_clique, opts.seed, epoch), opts.batch_size, world,
                              rank, opts.limit_batches)
         loader = DataLoader(CropDataset(store, items, opts.chunk), batch_size=opts.batch_size, collate_fn=collate,
-                            num_workers=opts.workers, shuffle=False)
+                            num_workers=opts.loader_workers, shuffle=False)
         model.train()
         losses, samples, t0 = [], 0, time.monotonic()
         interrupted = False
@@ -447,8 +434,7 @@ def train(opts: TrainOptions, store: Store, train_split: DatasetSplit, val_split
             stop_reason = "time limit (partial epoch discarded)"
             break
         seconds = time.monotonic() - t0
-        metrics = validate(embed_validation(fabric, model, store, val_split.keys, opts.chunk, val_batch, opts.workers),
-                           val_split)
+        metrics = validation()
         epoch += 1
         row = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                "lr": lr, "samples_per_s": samples / max(seconds, 1e-9), "epoch_seconds": seconds,
@@ -467,7 +453,7 @@ def train(opts: TrainOptions, store: Store, train_split: DatasetSplit, val_split
         if over_time():
             stop_reason = "time limit"
             break
-    return TrainResult(epoch, best_epoch, best_map, stop_reason, history)
+    return TrainResult(epoch, best_epoch, best_map, stop_reason, history, rank)
 
 
 def _reconcile_best(out: Path, best_map: float, best_epoch: int) -> tuple[float, int]:
@@ -492,9 +478,3 @@ def _report(row: dict[str, float], is_main: bool) -> None:
         loss = f"loss {row['train_loss']:.4f}  " if "train_loss" in row else ""
         ui.console.print(f"epoch {int(row['epoch'])}: {loss}val MAP {row['val_map']:.4f}  "
                          f"MR1 {row['val_mr1']:.2f}  ARP {row['val_arp']:.2f}", highlight=False)
-
-
-def iter_rows(path: Path) -> Iterator[dict[str, str]]:
-    """Rows of a metrics.csv (for inspection and tests)."""
-    with open(path, encoding="utf-8", newline="") as fh:
-        yield from csv.DictReader(fh)

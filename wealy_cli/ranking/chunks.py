@@ -9,7 +9,6 @@ search all cut and embed songs through this module, so they score songs the same
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,9 +16,10 @@ import torch.nn.functional as F
 
 from wealy_cli.core import ui
 from wealy_cli.core.store import Store, StoreWriter
+from wealy_cli.ranking.options import EmbedOptions
 
 
-def chunk_spans(n_rows: int, chunk: int = 1500, overlap: float = 0.9) -> list[tuple[int, int]]:
+def chunk_spans(n_rows: int, chunk: int, overlap: float) -> list[tuple[int, int]]:
     """(start, stop) row spans of overlapping chunks; the last chunk is aligned to the end.
 
     A sequence no longer than ``chunk`` gives one (shorter, masked) chunk; an empty one none."""
@@ -34,14 +34,6 @@ def chunk_spans(n_rows: int, chunk: int = 1500, overlap: float = 0.9) -> list[tu
     if spans[-1][1] < n_rows:
         spans.append((n_rows - chunk, n_rows))
     return spans
-
-
-@dataclass
-class EmbedOptions:
-    chunk: int = 1500
-    overlap: float = 0.9
-    batch_size: int = 32  # chunks per model call
-    device: str = "cpu"
 
 
 def embedding_groups(features: Store, keys: Sequence[str], opts: EmbedOptions) -> list[list[str]]:
@@ -90,20 +82,20 @@ def embed_chunks(model: torch.nn.Module, features: Store, groups: Sequence[Seque
 
 def _flush(model: torch.nn.Module, pending: list[tuple[str, int]], chunks: list[torch.Tensor],
            cache: StoreWriter, opts: EmbedOptions) -> None:
-    z = torch.cat([_embed(model, chunks[i:i + opts.batch_size], opts.device)
-                   for i in range(0, len(chunks), opts.batch_size)])
+    z = torch.cat([_embed(model, chunks[i:i + opts.batch_size]) for i in range(0, len(chunks), opts.batch_size)])
     start = 0
     for key, n in pending:
         cache.add(key, z[start:start + n].numpy())
         start += n
 
 
-def _embed(model: torch.nn.Module, chunks: list[torch.Tensor], device: str) -> torch.Tensor:
+def _embed(model: torch.nn.Module, chunks: list[torch.Tensor]) -> torch.Tensor:
     longest = max(c.shape[0] for c in chunks)
     x = torch.zeros(len(chunks), longest, chunks[0].shape[1])
     mask = torch.zeros(len(chunks), longest, dtype=torch.bool)
     for i, c in enumerate(chunks):
         x[i, :c.shape[0]] = c
         mask[i, :c.shape[0]] = True
+    device = next(model.parameters()).device
     z = model(x.to(device), mask.to(device)).float().cpu()
     return F.normalize(z, dim=-1)

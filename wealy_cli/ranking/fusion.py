@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import csv
 import itertools
-import math
-import re
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,38 +29,12 @@ import numpy as np
 
 from wealy_cli.core import ui
 from wealy_cli.core.errors import UserError
-from wealy_cli.ranking.matrixfile import DistanceMatrix
+from wealy_cli.core.files import write_atomically
+from wealy_cli.ranking.matrixfile import DistanceMatrix, read_matrix, write_matrix
+from wealy_cli.ranking.options import FuseRun
 
 Normalization = Literal["none", "zscore", "rank"]
 MAX_COMBINATIONS = 10_000
-MAX_ALPHAS = 10_000
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-
-
-# ---------------------------------------------------------------- --alphas
-
-
-def parse_alphas(text: str) -> list[float]:
-    """``start:stop:step`` (stop included within float tolerance) or a list ``0,0.5,1``."""
-    value = str(text).strip()
-    if re.fullmatch(rf"{_NUMBER}:{_NUMBER}:{_NUMBER}", value):
-        start, stop, step = (float(v) for v in value.split(":"))
-        if step <= 0:
-            raise UserError(f"--alphas {text!r}: the step must be > 0")
-        if stop < start:
-            raise UserError(f"--alphas {text!r}: stop {stop:g} is below start {start:g}")
-        count = math.floor((stop - start) / step + 1e-9) + 1
-        if count > MAX_ALPHAS:
-            raise UserError(f"--alphas {text!r}: {count} values (at most {MAX_ALPHAS})")
-        alphas = [round(start + i * step, 12) for i in range(count)]
-    elif re.fullmatch(rf"{_NUMBER}(?:\s*,\s*{_NUMBER})*", value):
-        alphas = [float(v) for v in value.split(",")]
-    else:
-        raise UserError(f"--alphas {text!r}: expected start:stop:step (e.g. 0:2:0.1) or a comma "
-                        "list of numbers (e.g. 0,0.5,1)")
-    if any(a < 0 for a in alphas):
-        raise UserError(f"--alphas {text!r}: weights must be ≥ 0")
-    return list(dict.fromkeys(alphas))
 
 
 # ---------------------------------------------------------------- alignment
@@ -255,3 +228,44 @@ def plot_map(path: Path, rows: Sequence[FusionRow], names: Sequence[str]) -> Pat
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+# ---------------------------------------------------------------- a run over files
+
+
+@dataclass
+class FuseReport:
+    names: list[str]
+    aligned: Alignment
+    rows: list[FusionRow]
+    best: int
+    output: Path
+
+
+def input_names(paths: Sequence[Path]) -> list[str]:
+    """Short, unique labels for the inputs: file stems (numbered when they repeat)."""
+    stems = [Path(p).stem for p in paths]
+    return [s if stems.count(s) == 1 else f"{s}#{i + 1}" for i, s in enumerate(stems)]
+
+
+def fuse_files(run: FuseRun) -> FuseReport:
+    """``wealy fuse``: read and align the inputs, score every weight combination, and write
+    fusion_results.csv, fusion_map.png, fusion_summary.json (and fused_best.npz) to the output."""
+    names = input_names(run.inputs)
+    aligned = align([read_matrix(p) for p in run.inputs], names)
+    rows = fuse_grid(aligned, run.alphas, run.normalize)
+    best = best_row(rows)
+    out = run.output_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "fusion_results.csv", rows, names)
+    plot_map(out / "fusion_map.png", rows, names)
+    summary = {"inputs": [str(p) for p in run.inputs], "normalize": run.normalize, "alignment": aligned.report,
+               "best": {"weights": dict(zip(names[1:], rows[best].weights)), **rows[best].metrics}}
+    write_atomically(out / "fusion_summary.json", json.dumps(summary, indent=2))
+    if run.save_fused:
+        own = own_entries(aligned.query_keys, aligned.candidate_keys)
+        fused = combine([normalize(d, run.normalize, own) for d in aligned.distances], rows[best].weights)
+        write_matrix(out / "fused_best.npz", DistanceMatrix(fused, aligned.query_keys, aligned.candidate_keys,
+                                                            aligned.query_cliques, aligned.candidate_cliques,
+                                                            summary))
+    return FuseReport(names, aligned, rows, best, out)

@@ -103,6 +103,20 @@ def matrix_format(path: Path) -> MatrixFormat:
     return fmt
 
 
+def output_format(path: Path, requested: MatrixFormat | None = None) -> MatrixFormat:
+    """The format to write ``path`` in: ``requested`` (which the suffix must not contradict), else
+    the suffix's."""
+    by_suffix = SUFFIXES.get(Path(path).suffix.lower())
+    if requested is None:
+        if by_suffix is None:
+            raise MatrixFileError(f"--output {path}: unknown suffix {Path(path).suffix!r}; use .npz, .h5 or .pkl, "
+                                  "or give --format")
+        return by_suffix
+    if by_suffix is not None and by_suffix != requested:
+        raise MatrixFileError(f"--output {path}: suffix {Path(path).suffix!r} does not match --format {requested}")
+    return requested
+
+
 def write_matrix(path: Path, m: DistanceMatrix, format: MatrixFormat | None = None) -> Path:
     """Write ``m`` to ``path`` atomically (a temporary file in the same folder, then rename)."""
     path = Path(path)

@@ -28,22 +28,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
 from wealy_cli.core import ui
+from wealy_cli.core.datasets import load_split
 from wealy_cli.core.errors import UserError
+from wealy_cli.core.store import Store
 from wealy_cli.ranking.matrixfile import DistanceMatrix, MatrixFormat, write_matrix
+from wealy_cli.retrieval.options import BASELINES, BaselineOptions, BaselinesRun
 from wealy_cli.whisper.lyrics import ValidityRules, clean, is_valid
-from wealy_cli.whisper.sbert import DEFAULT_SBERT, load_sentence_model
-
-BASELINES = ("sbert", "tfidf-cosine", "tfidf-lucene", "bm25", "ideal", "random", "modified-ideal",
-             "modified-random")
-ALIASES = {"modified_ideal": "modified-ideal", "modified_random": "modified-random",
-           "tfidf_cosine": "tfidf-cosine", "tfidf_lucene": "tfidf-lucene"}
+from wealy_cli.whisper.options import DEFAULT_SBERT
+from wealy_cli.whisper.sbert import load_sentence_model
 
 
 @dataclass
@@ -55,16 +54,8 @@ class TfidfOptions:
     max_df: int | float = 0.95
 
 
-@dataclass
-class BaselineOptions:
-    seed: int = 42
-    tfidf: TfidfOptions = field(default_factory=TfidfOptions)
-    lucene_terms: int = 12
-    bm25_k1: float = 1.5
-    bm25_b: float = 0.75
-    sbert_model: str | Path | None = None  # None: the packaged all-MiniLM-L6-v2
-    sbert_batch_size: int = 64
-    validity: ValidityRules = field(default_factory=ValidityRules)
+TFIDF = TfidfOptions()  # the paper's TF-IDF (DESIGN §7)
+VALIDITY = ValidityRules()  # the original rules for modified-* baselines
 
 
 @dataclass
@@ -78,25 +69,14 @@ class Corpus:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def valid(self, rules: ValidityRules = ValidityRules()) -> np.ndarray:
+    def valid(self, rules: ValidityRules = VALIDITY) -> np.ndarray:
         return np.array([is_valid(t, rules) for t in self.texts], dtype=bool)
-
-
-def parse_compute(value: str | Sequence[str]) -> list[str]:
-    """``"sbert,tfidf-cosine"`` (or a list) → known baseline names, in the given order."""
-    items = value.split(",") if isinstance(value, str) else list(value)
-    names = [ALIASES.get(v.strip(), v.strip()) for v in items if v.strip()]
-    unknown = [n for n in names if n not in BASELINES]
-    if unknown or not names:
-        raise UserError(f"--compute: unknown baseline(s) {', '.join(unknown) or '(none given)'}; "
-                        f"choose from {', '.join(BASELINES)}")
-    return list(dict.fromkeys(names))
 
 
 # ---------------------------------------------------------------- text baselines
 
 
-def tfidf_matrix(texts: Sequence[str], opts: TfidfOptions = TfidfOptions()) -> sp.csr_matrix:
+def tfidf_matrix(texts: Sequence[str], opts: TfidfOptions = TFIDF) -> sp.csr_matrix:
     """L2-normalised TF-IDF rows of the cleaned texts (scikit-learn)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -109,12 +89,12 @@ def tfidf_matrix(texts: Sequence[str], opts: TfidfOptions = TfidfOptions()) -> s
         raise UserError(f"TF-IDF cannot be computed on these {len(texts)} transcriptions: {err}") from err
 
 
-def tfidf_cosine_distances(texts: Sequence[str], opts: TfidfOptions = TfidfOptions()) -> np.ndarray:
+def tfidf_cosine_distances(texts: Sequence[str], opts: TfidfOptions = TFIDF) -> np.ndarray:
     x = tfidf_matrix(texts, opts)
     return _one_minus(x @ x.T)
 
 
-def tfidf_lucene_distances(texts: Sequence[str], opts: TfidfOptions = TfidfOptions(),
+def tfidf_lucene_distances(texts: Sequence[str], opts: TfidfOptions = TFIDF,
                            terms: int = 12) -> np.ndarray:
     x = tfidf_matrix(texts, opts)
     q = _top_terms(x, terms)
@@ -206,15 +186,16 @@ def modified_random_distances(cliques: Sequence[str], valid: np.ndarray, seed: i
 # ---------------------------------------------------------------- dispatch
 
 
-def baseline_distances(name: str, corpus: Corpus, opts: BaselineOptions = BaselineOptions(),
+def baseline_distances(name: str, corpus: Corpus, opts: BaselineOptions | None = None,
                        on_row: Callable[[], None] | None = None) -> np.ndarray:
     """The n × n distance matrix of baseline ``name`` on ``corpus`` (rows = columns = versions)."""
+    opts = opts or BaselineOptions()
     if name == "sbert":
         return sbert_distances(corpus.texts, opts.sbert_model, opts.sbert_batch_size)
     if name == "tfidf-cosine":
-        return tfidf_cosine_distances(corpus.texts, opts.tfidf)
+        return tfidf_cosine_distances(corpus.texts, TFIDF)
     if name == "tfidf-lucene":
-        return tfidf_lucene_distances(corpus.texts, opts.tfidf, opts.lucene_terms)
+        return tfidf_lucene_distances(corpus.texts, TFIDF, opts.lucene_terms)
     if name == "bm25":
         return bm25_distances(corpus.texts, opts.bm25_k1, opts.bm25_b, on_row)
     if name == "ideal":
@@ -222,16 +203,16 @@ def baseline_distances(name: str, corpus: Corpus, opts: BaselineOptions = Baseli
     if name == "random":
         return random_distances(len(corpus), opts.seed)
     if name == "modified-ideal":
-        return modified_ideal_distances(corpus.cliques, corpus.valid(opts.validity), opts.seed)
+        return modified_ideal_distances(corpus.cliques, corpus.valid(VALIDITY), opts.seed)
     if name == "modified-random":
-        return modified_random_distances(corpus.cliques, corpus.valid(opts.validity), opts.seed)
+        return modified_random_distances(corpus.cliques, corpus.valid(VALIDITY), opts.seed)
     raise UserError(f"--compute: unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
 
 
 # ---------------------------------------------------------------- a run over a split
 
 
-def corpus_from_store(store, keys: Sequence[str], cliques: Sequence[str]) -> Corpus:
+def corpus_from_store(store: Store, keys: Sequence[str], cliques: Sequence[str]) -> Corpus:
     """Transcriptions (item attribute ``text``; missing → empty) of ``keys`` from a store."""
     texts = []
     for key in keys:
@@ -255,11 +236,13 @@ def comparison_table(results: dict[str, dict]) -> str:
 MATRIX_SUFFIX = {"npz": ".npz", "hdf5": ".h5", "pickle": ".pkl"}
 
 
-def run_baselines(corpus: Corpus, names: Sequence[str], out_dir: Path, opts: BaselineOptions = BaselineOptions(),
+def run_baselines(corpus: Corpus, names: Sequence[str], out_dir: Path, opts: BaselineOptions | None = None,
                   save_format: MatrixFormat | None = None, info: dict | None = None) -> dict[str, dict]:
     """Compute every baseline in ``names``, evaluate it, write ``baseline_results.json`` and
     ``comparison_table.txt`` (and ``<name>_distances.<ext>`` when ``save_format`` is given)."""
     from wealy_cli.ranking.metrics import retrieval_metrics  # torch: imported when needed
+
+    opts = opts or BaselineOptions()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
@@ -275,10 +258,29 @@ def run_baselines(corpus: Corpus, names: Sequence[str], out_dir: Path, opts: Bas
                 write_matrix(out_dir / f"{name}_distances{MATRIX_SUFFIX[save_format]}",
                              DistanceMatrix.square(d, corpus.keys, corpus.cliques, meta), save_format)
             bar.advance(task)
-    valid = corpus.valid(opts.validity)
+    valid = corpus.valid(VALIDITY)
     payload = {"corpus": {**(info or {}), "versions": len(corpus), "cliques": len(set(corpus.cliques)),
                           "valid_transcriptions": int(valid.sum())},
                "results": results}
     (out_dir / "baseline_results.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
     (out_dir / "comparison_table.txt").write_text(comparison_table(results), encoding="utf-8")
     return results
+
+
+def run_split_baselines(run: BaselinesRun) -> tuple[dict[str, dict], int]:
+    """``wealy baselines``: the split's transcriptions from the store, every baseline of
+    ``run.compute``, results written to ``run.output``; returns (results, versions)."""
+    store = Store(run.store)
+    full = load_split(run.dataset, run.split, run.metadata, check_audio=False)
+    kept = full.restrict(store.keys())
+    if len(kept) == 0:
+        raise UserError(f"--store {run.store}: none of the {len(full)} versions of {run.dataset}/{run.split} is "
+                        "in the store (with ≥ 2 per clique)")
+    if len(kept) < len(full):
+        ui.console.print(f"{len(full) - len(kept)} of {len(full)} versions are not in the store "
+                         "(or lost their clique partner): left out")
+    corpus = corpus_from_store(store, kept.keys, kept.cliques)
+    info = {"dataset": run.dataset, "split": run.split, "store": str(run.store)}
+    results = run_baselines(corpus, run.compute, run.output, run, run.distance_format if run.save_distances else None,
+                            info)
+    return results, len(corpus)

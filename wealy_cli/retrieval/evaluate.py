@@ -11,12 +11,11 @@ different model or chunking never mixes with it.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,13 @@ from wealy_cli.core import ui
 from wealy_cli.core.datasets import DatasetSplit, load_split
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.files import write_atomically
+from wealy_cli.core.launch import Devices, resolve_devices
 from wealy_cli.core.store import Store, StoreWriter, settings_hash
-from wealy_cli.ranking.chunks import EmbedOptions, embed_chunks, embedding_groups
+from wealy_cli.ranking.chunks import embed_chunks, embedding_groups
+from wealy_cli.ranking.matrixfile import MatrixFormat
 from wealy_cli.ranking.metrics import Metrics
 from wealy_cli.ranking.tiles import (
+    TILE_ROWS,
     SongSet,
     all_against_all,
     available_memory,
@@ -38,30 +40,10 @@ from wealy_cli.ranking.tiles import (
     memory_needed,
     summary,
 )
+from wealy_cli.retrieval.options import DistancesRun, EvaluateRun, ModelOnSplit, ModelSource
 
 RESULTS = "results.json"
 PER_QUERY = "per_query.csv"
-
-
-@dataclass
-class EvalOptions:
-    store: Path
-    output: Path
-    checkpoint: Path | None = None
-    model: str | None = None  # a published model name (resolved through the models registry)
-    dataset: str = "shs"
-    split: str = "test"
-    metadata: Path | None = None
-    audio_dir: Path | None = None
-    chunk: int = 1500
-    overlap: float = 0.9
-    topk: int = 1
-    batch_size: int = 32
-    cache: Path | None = None
-    gpus: int = 1
-    accelerator: str = "auto"
-    tile_rows: int = 2048
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -78,7 +60,7 @@ class Prepared:
 # ---------------------------------------------------------------- model and data
 
 
-def resolve_model_path(opts: EvalOptions) -> Path:
+def resolve_model_path(opts: ModelSource) -> Path:
     """``--checkpoint`` as given, or ``--model NAME`` through the models registry."""
     if (opts.checkpoint is None) == (opts.model is None):
         raise UserError("give exactly one of --checkpoint PATH or --model NAME")
@@ -123,7 +105,7 @@ def weights_digest(model_path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_data(opts: EvalOptions) -> tuple[Store, DatasetSplit]:
+def load_data(opts: ModelOnSplit) -> tuple[Store, DatasetSplit]:
     features = Store(opts.store)
     split = load_split(opts.dataset, opts.split, opts.metadata, opts.audio_dir)
     kept = split.restrict(features.keys())
@@ -133,53 +115,33 @@ def load_data(opts: EvalOptions) -> tuple[Store, DatasetSplit]:
     return features, kept
 
 
-def check_options(opts: EvalOptions) -> None:
-    if opts.chunk < 1:
-        raise UserError(f"--chunk must be ≥ 1, got {opts.chunk}")
-    if not 0.0 <= opts.overlap < 1.0:
-        raise UserError(f"--overlap must be in [0, 1), got {opts.overlap}")
-    if opts.topk < 1:
-        raise UserError(f"--topk must be ≥ 1, got {opts.topk}")
-    if opts.batch_size < 1 or opts.gpus < 1:
-        raise UserError("--batch-size and --gpus must be ≥ 1")
-
-
-def device_for(opts: EvalOptions) -> str:
-    if opts.accelerator == "cpu":
-        return "cpu"
-    if opts.accelerator == "gpu" and not torch.cuda.is_available():
-        raise UserError("--accelerator gpu: no CUDA device is available (use --accelerator cpu)")
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def prepare(opts: EvalOptions, rank: int = 0, world: int = 1, barrier: Callable[[], None] | None = None,
-            device: str = "cpu") -> Prepared:
-    """Embed the split's songs (this worker: every world-th song) into the cache, then load all."""
+def prepare(opts: ModelOnSplit, cache_root: Path, rank: int = 0, world: int = 1,
+            barrier: Callable[[], None] | None = None, device: str = "cpu") -> Prepared:
+    """Embed the split's songs (this worker: every world-th group) into the chunk cache under
+    ``cache_root``, then load them all."""
     from wealy_cli.model.network import load_model
 
-    check_options(opts)
     model_path = resolve_model_path(opts)
     features, split = load_data(opts)
     cache_settings = {"weights": weights_digest(model_path), "features": features.manifest.get("settings_hash"),
                       "chunk": opts.chunk, "overlap": opts.overlap}
-    cache_dir = Path(opts.cache or opts.output / "cache") / settings_hash(cache_settings)
+    cache_dir = cache_root / settings_hash(cache_settings)
     model, cfg = load_model(model_path)
     if cfg.input_channels != features.dim:
         raise UserError(f"--store {opts.store}: features have dim {features.dim}, the model expects "
                         f"{cfg.input_channels} (--checkpoint/--model and --store do not belong together)")
     model.to(device)
-    embed = EmbedOptions(opts.chunk, opts.overlap, opts.batch_size, device)
     with StoreWriter(cache_dir, cfg.zdim, writer=f"w{rank}", settings=cache_settings,
                      kind="chunk-embeddings") as writer:
-        groups = embedding_groups(features, split.keys, embed)[rank::world]
-        empty = embed_chunks(model, features, groups, writer, embed)
+        groups = embedding_groups(features, split.keys, opts)[rank::world]
+        empty = embed_chunks(model, features, groups, writer, opts)
     if barrier is not None:
         barrier()
     cache = Store(cache_dir)
     failed = set(cache.failures())
     if failed:  # songs without feature rows: drop them and re-apply the ≥ 2 versions rule
         split = split.restrict([k for k in split.keys if k not in failed])
-    songs = load_songs(cache, split.keys, split.cliques, opts.tile_rows)
+    songs = load_songs(cache, split.keys, split.cliques, TILE_ROWS)
     return Prepared(split, songs, model_path, cache_dir, sorted(failed or empty))
 
 
@@ -195,18 +157,20 @@ class EvalResult:
     info: dict[str, Any]
 
 
-def evaluate(opts: EvalOptions) -> EvalResult | None:
-    """Run the evaluation (on ``opts.gpus`` workers); rank 0 writes and returns the result."""
-    if opts.gpus > 1:
-        return _evaluate_fabric(opts)
-    return _evaluate(opts, rank=0, world=1, barrier=None, reduce=None, device=device_for(opts))
+def evaluate(opts: EvaluateRun) -> EvalResult | None:
+    """Run the evaluation (on one or several processes); rank 0 writes and returns the result."""
+    devices = resolve_devices(opts)
+    if devices.processes > 1:
+        return _evaluate_fabric(opts, devices)
+    device = "cuda" if devices.on_gpu else "cpu"
+    return _evaluate(opts, rank=0, world=1, barrier=None, reduce=None, device=device)
 
 
-def _evaluate_fabric(opts: EvalOptions) -> EvalResult | None:
+def _evaluate_fabric(opts: EvaluateRun, devices: Devices) -> EvalResult | None:
     from lightning.fabric import Fabric
 
-    accelerator = "cpu" if device_for(opts) == "cpu" else "cuda"
-    fabric = Fabric(accelerator=accelerator, devices=opts.gpus, strategy="ddp", precision="32-true")
+    fabric = Fabric(accelerator=devices.accelerator, devices=devices.processes, strategy="ddp",
+                    precision="32-true")
     fabric.launch()
     if fabric.global_rank != 0:
         ui.set_quiet(True)
@@ -216,25 +180,26 @@ def _evaluate_fabric(opts: EvalOptions) -> EvalResult | None:
     return result if fabric.global_rank == 0 else None
 
 
-def _evaluate(opts: EvalOptions, rank: int, world: int, barrier: Callable[[], None] | None,
+def _evaluate(opts: EvaluateRun, rank: int, world: int, barrier: Callable[[], None] | None,
               reduce: Callable[[torch.Tensor], torch.Tensor] | None, device: str) -> EvalResult | None:
     start = time.perf_counter()
-    prep = prepare(opts, rank, world, barrier, device)
+    output = opts.run_dir()
+    prep = prepare(opts, Path(opts.cache or output / "cache"), rank, world, barrier, device)
     metrics = all_against_all(prep.songs, opts.topk, rank, world, reduce)
     seconds = time.perf_counter() - start
     info = {**summary(prep.songs), "model": str(prep.model_path), "cache": str(prep.cache_dir),
             "songs without features": len(prep.skipped_empty), "workers": world}
     if rank != 0:
         return None
-    result = EvalResult(metrics, prep.split, Path(opts.output), seconds, info)
+    result = EvalResult(metrics, prep.split, output, seconds, info)
     write_results(result, opts)
     return result
 
 
-def write_results(result: EvalResult, opts: EvalOptions) -> None:
+def write_results(result: EvalResult, opts: EvaluateRun) -> None:
     out = result.output
     out.mkdir(parents=True, exist_ok=True)
-    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
+    options = opts.model_dump(mode="json")
     payload = {"metrics": result.metrics.to_dict(), "dataset": opts.dataset, "split": opts.split,
                "seconds": round(result.seconds, 3), "info": result.info, "options": options}
     write_atomically(out / RESULTS, json.dumps(payload, indent=2, default=str) + "\n")
@@ -252,21 +217,13 @@ def _csv(value: str) -> str:
     return value
 
 
-def read_per_query(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
 # ---------------------------------------------------------------- distances
 
 
-def write_distances(opts: EvalOptions, path: Path, fmt: str | None = None,
-                    memory_limit: int | None = None) -> tuple[Path, tuple[int, int]]:
+def write_distances(opts: DistancesRun, fmt: MatrixFormat, memory_limit: int | None = None) -> tuple[int, int]:
     """All-against-all distance matrix of the split, written with ``matrixfile.write_matrix``."""
-    from wealy_cli.ranking.matrixfile import DistanceMatrix, matrix_format, write_matrix
+    from wealy_cli.ranking.matrixfile import DistanceMatrix, write_matrix
 
-    fmt = fmt or matrix_format(path)
-    check_options(opts)
     features, split = load_data(opts)
     need = memory_needed(len(split), len(split))
     limit = memory_limit if memory_limit is not None else int(0.5 * available_memory())
@@ -274,10 +231,12 @@ def write_distances(opts: EvalOptions, path: Path, fmt: str | None = None,
         raise UserError(f"a dense {len(split)}×{len(split)} float32 matrix needs {need / 2**30:.1f} GiB, more than "
                         f"the {limit / 2**30:.1f} GiB allowed (half the available memory); "
                         f"use 'wealy evaluate' for metrics, which never builds the matrix")
-    prep = prepare(opts, device=device_for(opts))
+    path = Path(opts.output)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    prep = prepare(opts, Path(opts.cache or path.parent / "cache"), device=device)
     dist = dense_distances(prep.songs, opts.topk)
     meta = {"model": str(prep.model_path), "dataset": opts.dataset, "split": opts.split, "topk": opts.topk,
             "chunk": opts.chunk, "overlap": opts.overlap, "distance": "mean of topk smallest chunk cosine distances"}
     matrix = DistanceMatrix.square(dist, prep.split.keys, prep.split.cliques, meta)
-    write_matrix(path, matrix, fmt)  # type: ignore[arg-type]
-    return path, matrix.shape
+    write_matrix(path, matrix, fmt)
+    return matrix.shape

@@ -17,49 +17,20 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
 from wealy_cli.core import ui
 from wealy_cli.core.audio import AudioError, load_audio
-from wealy_cli.core.datasets import DatasetError, Version, load_split
+from wealy_cli.core.datasets import MissingSplitError, Version, load_split
 from wealy_cli.core.errors import UserError
-from wealy_cli.core.settings import CreatableDir, DataSettings
+from wealy_cli.core.launch import Devices, resolve_devices
 from wealy_cli.core.store import StoreWriter
 from wealy_cli.whisper.model import Whisper, decoder_rows, load_ct2_whisper, load_transformers_whisper
-from wealy_cli.whisper.sources import DEFAULT_MODEL, locate_whisper
+from wealy_cli.whisper.options import WhisperExtractOptions
+from wealy_cli.whisper.sources import locate_whisper
 from wealy_cli.whisper.transcribe import DecodeOptions, Transcriber, Transcript, open_model, transcribe_many
-
-
-class ExtractWhisperSettings(DataSettings):
-    section = "extract_whisper"
-    split: Literal["train", "val", "test", "all"] = "all"
-    model: str = DEFAULT_MODEL
-    features: Literal["decoder", "encoder"] = "decoder"
-    language: str = "auto"
-    prompt: str = "lyrics:"
-    compute_type: str = "auto"
-    precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    batch_size: int = 8
-    max_seconds: float = 300.0
-    gpus: int = 0
-    workers: int = 1
-    nodes: int = 1
-    limit: int | None = None
-    out: CreatableDir | None = None
-
-    def output_dir(self) -> Path:
-        suffix = "whisper" if self.features == "decoder" else "whisper-encoder"
-        return Path(self.out) if self.out else Path("runs/stores") / f"{self.dataset}-{self.split}-{suffix}"
-
-    def content_settings(self) -> dict:
-        """The settings that decide an item's content (recorded in the store manifest)."""
-        return {"extractor": "whisper", "model": self.model, "features": self.features, "language": self.language,
-                "prompt": self.prompt, "compute_type": self.compute_type, "precision": self.precision,
-                "max_seconds": self.max_seconds}
 
 
 @dataclass
@@ -98,7 +69,7 @@ class LoadedModels:
     reuse_encoder_output: bool = False
 
 
-def load_models(settings: ExtractWhisperSettings, device: torch.device, threads: int) -> LoadedModels:
+def load_models(settings: WhisperExtractOptions, device: torch.device, threads: int) -> LoadedModels:
     ct2_dir, torch_dir, kind = locate_whisper(settings.model)
     on_gpu = device.type == "cuda"
     compute_type = resolved_compute_type(settings.compute_type, on_gpu)
@@ -125,24 +96,35 @@ def resolved_compute_type(compute_type: str, on_gpu: bool) -> str:
 # ---------------------------------------------------------------- work list
 
 
-def work_list(settings: ExtractWhisperSettings) -> list[Version]:
+def work_list(settings: WhisperExtractOptions) -> list[Version]:
     """The dataset's versions (every split for ``--split all``), first ``--limit`` only."""
     splits = ("train", "val", "test") if settings.split == "all" else (settings.split,)
     versions: dict[str, Version] = {}
     for split in splits:
         try:
             part = load_split(settings.dataset, split, settings.metadata, settings.audio_dir, check_audio=False)
-        except DatasetError:
+        except MissingSplitError:
             if settings.split != "all":
                 raise
-            continue  # this collection has no such split
+            continue  # this collection has no such split; any other problem with its files is reported
         for v in part.versions:
             versions.setdefault(v.key, v)
     out = list(versions.values())[: settings.limit]
     if out and all(v.path is None for v in out):
         raise UserError(f"dataset {settings.dataset}: --audio-dir (WEALY_AUDIO_DIR) is not set; "
                         "it is needed to find the audio files")
+    check_audio_found(out)
     return out
+
+
+def check_audio_found(versions: list[Version], sample: int = 100) -> None:
+    """Stop at once when none of the first ``sample`` audio files exists: the audio folder is
+    wrong, and going on would record every song as a failure."""
+    first = [v for v in versions[:sample] if v.path is not None]
+    if first and not any(v.path.is_file() for v in first):
+        where = "--audio-dir" if first[0].path.is_absolute() else "the paths"
+        raise UserError(f"none of the first {len(first)} audio files exists (e.g. {first[0].path}); "
+                        f"check {where} (WEALY_AUDIO_DIR) and --metadata")
 
 
 # ---------------------------------------------------------------- one worker
@@ -154,10 +136,11 @@ class _Pending:
     transcript: Transcript
 
 
-def extract_share(settings: ExtractWhisperSettings, versions: list[Version], rank: int = 0,
-                  device: torch.device = torch.device("cpu"), threads: int = 0) -> Summary:
+def extract_share(settings: WhisperExtractOptions, versions: list[Version], rank: int = 0,
+                  device: torch.device | None = None, threads: int = 0) -> Summary:
     """Extract ``versions`` (this worker's share) into the store with writer ``w<rank>``."""
     start = time.perf_counter()
+    device = device or torch.device("cpu")
     summary = Summary(total=len(versions))
     models = load_models(settings, device, threads)
     dim = models.network.dims.n_text_state if settings.features == "decoder" else models.network.dims.n_audio_state
@@ -209,7 +192,7 @@ def _record_failure(version: Version, reason: str, writer: StoreWriter, summary:
     summary.failures.append((version.key, reason))
 
 
-def _write_features(pending: list[_Pending], network: Whisper, settings: ExtractWhisperSettings,
+def _write_features(pending: list[_Pending], network: Whisper, settings: WhisperExtractOptions,
                     writer: StoreWriter, summary: Summary) -> None:
     windows = [w for p in pending for w in p.transcript.windows]
     rows = window_features(network, windows, settings.features, settings.batch_size)
@@ -232,7 +215,8 @@ def _write_features(pending: list[_Pending], network: Whisper, settings: Extract
         summary.rows += features.shape[0]
 
 
-def window_features(network: Whisper, windows: list, features: str = "decoder", batch_size: int = 8) -> list[np.ndarray]:
+def window_features(network: Whisper, windows: list, features: str = "decoder",
+                    batch_size: int = 8) -> list[np.ndarray]:
     """Rows per window: decoder rows for the fed tokens, or the encoder output (1500, d).
 
     The encoder output kept from the CTranslate2 pass is used when present; otherwise the PyTorch
@@ -277,21 +261,19 @@ def _single_thread(active: bool) -> Iterator[None]:
 # ---------------------------------------------------------------- the whole run
 
 
-def extract_whisper(settings: ExtractWhisperSettings) -> Summary | None:
+def extract_whisper(settings: WhisperExtractOptions) -> Summary | None:
     """Run on this machine's workers/GPUs; returns the combined summary on rank 0, else None."""
+    devices = resolve_devices(settings)
     versions = work_list(settings)
     if not versions:
         raise UserError(f"dataset {settings.dataset} split {settings.split}: no versions to extract")
-    processes = settings.gpus or settings.workers
-    if processes < 1:
-        raise UserError(f"--workers {settings.workers}: must be at least 1")
-    if processes == 1 and settings.nodes == 1:
-        device = torch.device("cuda", 0) if settings.gpus else torch.device("cpu")
+    if devices.processes == 1 and settings.nodes == 1:
+        device = torch.device("cuda", 0) if devices.on_gpu else torch.device("cpu")
         return extract_share(settings, versions, 0, device, threads=0)
-    return _run_fabric(settings, versions, processes)
+    return _run_fabric(settings, versions, devices)
 
 
-def _run_fabric(settings: ExtractWhisperSettings, versions: list[Version], processes: int) -> Summary | None:
+def _run_fabric(settings: WhisperExtractOptions, versions: list[Version], devices: Devices) -> Summary | None:
     from lightning.fabric import Fabric
 
     # Fabric relaunches this same command once per extra local rank (or joins SLURM / torchrun).
@@ -299,11 +281,11 @@ def _run_fabric(settings: ExtractWhisperSettings, versions: list[Version], proce
     # sample other tokens for the same seeded fallback window: give them the OpenMP default (one
     # thread per core) this process has, so results do not depend on the rank.
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-    fabric = Fabric(accelerator="cuda" if settings.gpus else "cpu", devices=processes,
-                    num_nodes=settings.nodes, strategy="ddp")
+    fabric = Fabric(accelerator=devices.accelerator, devices=devices.processes, num_nodes=settings.nodes,
+                    strategy="ddp")
     fabric.launch()
     rank, world = fabric.global_rank, fabric.world_size
-    threads = 0 if settings.gpus else max(1, (os.cpu_count() or 1) // processes)
+    threads = 0 if devices.on_gpu else max(1, (os.cpu_count() or 1) // devices.processes)
     torch.set_num_threads(threads or torch.get_num_threads())
     summary = extract_share(settings, versions[rank::world], rank, fabric.device, threads)
     counts = torch.tensor([float(getattr(summary, k)) for k in Summary.COUNTS], dtype=torch.float64)

@@ -375,5 +375,6 @@ def _build(dims: WhisperDims, state: dict[str, Tensor]) -> Whisper:
     model = Whisper(dims)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise UserError(f"weights do not fit Whisper {asdict(dims)}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise UserError(f"weights do not fit Whisper {asdict(dims)}: missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]}")
     return model.eval()

@@ -9,30 +9,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from wealy_cli.core import ui
 from wealy_cli.core.errors import UserError
-from wealy_cli.core.settings import CreatableDir, ExistingDir, WealySettings
 from wealy_cli.core.store import Store, StoreWriter
 from wealy_cli.whisper.lyrics import clean
-
-DEFAULT_SBERT = "all-MiniLM-L6-v2"
-
-
-class ExtractSbertSettings(WealySettings):
-    section = "extract_sbert"
-    arguments = ("store",)
-    store: ExistingDir
-    out: CreatableDir | None = None
-    model: str = DEFAULT_SBERT
-    batch_size: int = 64
-    device: str = "auto"
-
-    def output_dir(self) -> Path:
-        return Path(self.out) if self.out else Path(f"{Path(self.store).as_posix().rstrip('/')}-sbert")
+from wealy_cli.whisper.options import DEFAULT_SBERT, SbertOptions
 
 
 @dataclass
@@ -63,7 +47,7 @@ def load_sentence_model(name: str, device: str = "auto", option: str = "--model"
                         f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
 
 
-def embed_store(settings: ExtractSbertSettings) -> SbertSummary:
+def embed_store(settings: SbertOptions) -> SbertSummary:
     start = time.perf_counter()
     source = Store(settings.store)
     keys = source.keys()
@@ -71,7 +55,8 @@ def embed_store(settings: ExtractSbertSettings) -> SbertSummary:
         raise UserError(f"--store {settings.store}: the store has no items")
     model = load_sentence_model(settings.model, settings.device)
     dim = int((getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)())
-    content = {"extractor": "sbert", "model": settings.model, "source_settings_hash": source.manifest.get("settings_hash")}
+    content = {"extractor": "sbert", "model": settings.model,
+               "source_settings_hash": source.manifest.get("settings_hash")}
     summary = SbertSummary(items=len(keys), dim=dim)
     with StoreWriter(settings.output_dir(), dim, settings=content, kind="sbert") as writer, ui.progress() as bar:
         todo = [k for k in keys if k not in writer]

