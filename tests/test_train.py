@@ -18,6 +18,7 @@ from conftest import REPO, make_store, run_wealy
 
 from wealy_cli.core.datasets import load_split
 from wealy_cli.core.errors import UserError
+from wealy_cli.core.lock import read_holder
 from wealy_cli.core.store import Store
 from wealy_cli.model.network import ModelConfig, load_model
 from wealy_cli.model.training import STATE, TrainOptions, lr_at, plan_epoch, rank_batches, train
@@ -198,6 +199,7 @@ def test_sigkill_then_resume_continues(tmp_path):
         if child.poll() is None:
             child.kill()
     assert child.returncode == -signal.SIGKILL
+    assert read_holder(out).pid == child.pid  # its lock file stays behind; the kill freed the lock
     before = torch.load(out / STATE, weights_only=True)
     for name in ("last", "best"):  # whatever the kill interrupted, the visible files are whole
         load_model(out / f"{name}.safetensors")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from wealy_cli.core.datasets import load_split
 from wealy_cli.core.errors import UserError
+from wealy_cli.core.lock import run_lock
 
 Runner = Callable[[list[str]], int]
 # Oracles use the clique labels: they bound what transcriptions allow, they are not methods.
@@ -101,6 +102,10 @@ class Demo:
                 "--output", str(self.fuse_dir)]
 
     def run(self, runner: Runner, on_step: Callable[[Step], None] | None = None) -> list[Step]:
+        with run_lock(self.opts.run_dir, "demo run"):  # a second demo on this directory is refused
+            return self._run(runner, on_step)
+
+    def _run(self, runner: Runner, on_step: Callable[[Step], None] | None) -> list[Step]:
         self.opts.run_dir.mkdir(parents=True, exist_ok=True)
         self.done_dir.mkdir(exist_ok=True)
         steps = self.steps()

@@ -49,6 +49,7 @@ from wealy_cli.core import ui
 from wealy_cli.core.datasets import DatasetSplit
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.files import replace_atomically
+from wealy_cli.core.lock import run_lock
 from wealy_cli.core.store import Store
 from wealy_cli.model.losses import LossConfig, make_loss
 from wealy_cli.model.network import ModelConfig, build_model, save_weights
@@ -329,8 +330,17 @@ def check_splits(train: DatasetSplit, val: DatasetSplit, opts: TrainOptions) -> 
 
 
 def train(opts: TrainOptions, store: Store, train_split: DatasetSplit, val_split: DatasetSplit) -> TrainResult:
-    """Run (or resume) training; returns what happened. Works on 1 or N devices."""
+    """Run (or resume) training; returns what happened. Works on 1 or N devices.
+
+    The run directory is locked for the whole run (by the launching process, before the other
+    ranks start): a second run on it is refused instead of interleaving metrics.csv or replacing
+    checkpoints; a killed run leaves no lock behind, so ``--resume`` works at once."""
     check_splits(train_split, val_split, opts)
+    with run_lock(Path(opts.output), "training run"):
+        return _train(opts, store, train_split, val_split)
+
+
+def _train(opts: TrainOptions, store: Store, train_split: DatasetSplit, val_split: DatasetSplit) -> TrainResult:
     out = Path(opts.output)
     state_path = out / STATE
     if state_path.exists() and not opts.resume:

@@ -26,6 +26,7 @@ from wealy_cli.core import ui
 from wealy_cli.core.datasets import DatasetSplit, load_split
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.files import write_atomically
+from wealy_cli.core.lock import run_lock
 from wealy_cli.core.store import Store, StoreWriter, settings_hash
 from wealy_cli.ranking.chunks import EmbedOptions, embed_chunks, embedding_groups
 from wealy_cli.ranking.metrics import Metrics
@@ -153,8 +154,12 @@ def device_for(opts: EvalOptions) -> str:
 
 
 def prepare(opts: EvalOptions, rank: int = 0, world: int = 1, barrier: Callable[[], None] | None = None,
-            device: str = "cpu") -> Prepared:
-    """Embed the split's songs (this worker: every world-th song) into the cache, then load all."""
+            device: str = "cpu", agree: Callable[[bool], bool] | None = None) -> Prepared:
+    """Embed the split's songs (this worker: every world-th song) into the cache, then load all.
+
+    The cache is locked while it is written. Another evaluation of the same model and store
+    (another split, or 'distances') waits for it instead of failing, then reuses what it cached.
+    With several workers, ``agree`` (a broadcast of rank 0's value) lets them wait together."""
     from wealy_cli.model.network import load_model
 
     check_options(opts)
@@ -169,12 +174,13 @@ def prepare(opts: EvalOptions, rank: int = 0, world: int = 1, barrier: Callable[
                         f"{cfg.input_channels} (--checkpoint/--model and --store do not belong together)")
     model.to(device)
     embed = EmbedOptions(opts.chunk, opts.overlap, opts.batch_size, device)
-    with StoreWriter(cache_dir, cfg.zdim, writer=f"w{rank}", settings=cache_settings,
-                     kind="chunk-embeddings") as writer:
-        groups = embedding_groups(features, split.keys, embed)[rank::world]
-        empty = embed_chunks(model, features, groups, writer, embed)
-    if barrier is not None:
-        barrier()
+    with run_lock(cache_dir, "chunk-embedding cache", wait=True, owner=rank == 0, agree=agree if world > 1 else None):
+        with StoreWriter(cache_dir, cfg.zdim, writer=f"w{rank}", settings=cache_settings,
+                         kind="chunk-embeddings") as writer:
+            groups = embedding_groups(features, split.keys, embed)[rank::world]
+            empty = embed_chunks(model, features, groups, writer, embed)
+        if barrier is not None:  # every rank's shards are in before rank 0 unlocks
+            barrier()
     cache = Store(cache_dir)
     failed = set(cache.failures())
     if failed:  # songs without feature rows: drop them and re-apply the ≥ 2 versions rule
@@ -212,14 +218,15 @@ def _evaluate_fabric(opts: EvalOptions) -> EvalResult | None:
         ui.set_quiet(True)
     result = _evaluate(opts, fabric.global_rank, fabric.world_size, fabric.barrier,
                        lambda x: fabric.all_reduce(x.to(fabric.device), reduce_op="sum").cpu(),
-                       device=str(fabric.device))
+                       device=str(fabric.device), agree=lambda ok: bool(fabric.broadcast(ok, src=0)))
     return result if fabric.global_rank == 0 else None
 
 
 def _evaluate(opts: EvalOptions, rank: int, world: int, barrier: Callable[[], None] | None,
-              reduce: Callable[[torch.Tensor], torch.Tensor] | None, device: str) -> EvalResult | None:
+              reduce: Callable[[torch.Tensor], torch.Tensor] | None, device: str,
+              agree: Callable[[bool], bool] | None = None) -> EvalResult | None:
     start = time.perf_counter()
-    prep = prepare(opts, rank, world, barrier, device)
+    prep = prepare(opts, rank, world, barrier, device, agree)
     metrics = all_against_all(prep.songs, opts.topk, rank, world, reduce)
     seconds = time.perf_counter() - start
     info = {**summary(prep.songs), "model": str(prep.model_path), "cache": str(prep.cache_dir),

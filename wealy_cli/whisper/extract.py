@@ -27,6 +27,7 @@ from wealy_cli.core import ui
 from wealy_cli.core.audio import AudioError, load_audio
 from wealy_cli.core.datasets import DatasetError, Version, load_split
 from wealy_cli.core.errors import UserError
+from wealy_cli.core.lock import run_lock
 from wealy_cli.core.settings import CreatableDir, DataSettings
 from wealy_cli.core.store import StoreWriter
 from wealy_cli.whisper.model import Whisper, decoder_rows, load_ct2_whisper, load_transformers_whisper
@@ -285,10 +286,12 @@ def extract_whisper(settings: ExtractWhisperSettings) -> Summary | None:
     processes = settings.gpus or settings.workers
     if processes < 1:
         raise UserError(f"--workers {settings.workers}: must be at least 1")
-    if processes == 1 and settings.nodes == 1:
-        device = torch.device("cuda", 0) if settings.gpus else torch.device("cpu")
-        return extract_share(settings, versions, 0, device, threads=0)
-    return _run_fabric(settings, versions, processes)
+    # One run per store: the launching process (global rank 0) locks it before any rank starts.
+    with run_lock(settings.output_dir(), "store"):
+        if processes == 1 and settings.nodes == 1:
+            device = torch.device("cuda", 0) if settings.gpus else torch.device("cpu")
+            return extract_share(settings, versions, 0, device, threads=0)
+        return _run_fabric(settings, versions, processes)
 
 
 def _run_fabric(settings: ExtractWhisperSettings, versions: list[Version], processes: int) -> Summary | None:
