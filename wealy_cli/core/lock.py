@@ -73,8 +73,11 @@ class Holder:
 
     @classmethod
     def me(cls, what: str) -> Holder:
+        program = Path(sys.argv[0]).name if sys.argv else ""
+        if program == "__main__.py" and Path(sys.argv[0]).parent.name == "wealy_cli":  # python -m wealy_cli
+            program = "wealy"
         return cls(pid=os.getpid(), host=socket.gethostname(), started=time.strftime("%Y-%m-%d %H:%M:%S %z"),
-                   command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "", what=what)
+                   command=" ".join([program, *sys.argv[1:]]), what=what)
 
     def describe(self) -> str:
         command = self.command if len(self.command) <= 160 else self.command[:157] + "..."
