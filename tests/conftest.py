@@ -32,3 +32,11 @@ def offline(tmp_path, monkeypatch):
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     (tmp_path / "hub").mkdir()
     return env
+
+
+@pytest.fixture(scope="module")
+def eval_setup(tmp_path_factory):
+    """A small csv dataset, its feature store and a saved model (helpers.evaluation)."""
+    from helpers.evaluation import build_evaluation_setup
+
+    return build_evaluation_setup(tmp_path_factory.mktemp("eval"))

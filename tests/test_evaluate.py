@@ -9,12 +9,10 @@ import numpy as np
 import pytest
 import torch
 from helpers.cli import run_wealy, run_wealy_process
-from helpers.stores import make_store
+from helpers.evaluation import common
 
 from wealy_cli.core.safepickle import safe_load
 from wealy_cli.ranking.matrixfile import read_matrix
-
-DIM = 8
 
 
 def reference_ap(dist, cliques):
@@ -29,24 +27,8 @@ def reference_ap(dist, cliques):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A csv dataset of 30 versions in 10 cliques, features with 5..40 rows, a saved model."""
-    from wealy_cli.model.network import ModelConfig, build_model, save_weights
-
-    root = tmp_path_factory.mktemp("eval")
-    rng = np.random.default_rng(0)
-    cliques = [f"s{i // 3}" for i in range(30)]
-    centre = {c: rng.standard_normal(DIM) for c in set(cliques)}
-    items = {f"{c}/v{i}": (centre[c] + rng.standard_normal((int(rng.integers(5, 41)), DIM))).astype(np.float16)
-             for i, c in enumerate(cliques)}
-    make_store(root / "features", items, DIM)
-    (root / "split.csv").write_text("clique,version,path\n" + "".join(f"{k.replace('/', ',')},x.mp3\n" for k in items))
-    torch.manual_seed(0)
-    cfg = ModelConfig(input_channels=DIM, hidden_dim=16, zdim=8, num_transformer_blocks=1, num_heads=2,
-                      ff_dim=32, dropout=0.0)
-    model = build_model(cfg).eval()
-    save_weights(root / "run" / "best", model, cfg)
-    return root, items, model
+def setup(eval_setup):
+    return eval_setup
 
 
 def dense_song_distances(model, items, chunk, overlap, topk):
@@ -60,11 +42,6 @@ def dense_song_distances(model, items, chunk, overlap, topk):
             emb.append(torch.nn.functional.normalize(z, dim=-1).numpy().astype(np.float64))
     n = len(emb)
     return np.array([[np.sort((1 - emb[i] @ emb[j].T).ravel())[:topk].mean() for j in range(n)] for i in range(n)])
-
-
-def common(root):
-    return ["--checkpoint", root / "run", "--store", root / "features", "--dataset", "csv",
-            "--metadata", root / "split.csv", "--split", "test", "--chunk", "12", "--overlap", "0.5"]
 
 
 @pytest.mark.slow

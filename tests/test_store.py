@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -31,10 +32,12 @@ def all_shard_keys(directory: Path) -> Counter:
     return counts
 
 
-def child(store: Path, writer: str, n: int, delay: float = 0.0, every: int = 1, offset: int = 0):
+def child(store: Path, writer: str, n: int, delay: float = 0.0, every: int = 1, offset: int = 0,
+          lock: bool = False):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     return subprocess.Popen([sys.executable, str(CHILD), str(store), writer, str(n), str(delay),
-                             str(every), str(offset)], stdout=subprocess.PIPE, text=True, env=env)
+                             str(every), str(offset), *(["--lock"] if lock else [])],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def test_fp16_round_trip_is_bit_exact(tmp_path):
@@ -92,6 +95,77 @@ def test_two_writer_processes_at_once(tmp_path):
     s = Store(store)
     for i in range(40):
         assert s[f"{i % 10}/{i}"].tobytes() == item(i).tobytes()
+    assert verify_store(store).ok
+
+
+def test_writers_sharing_a_name_never_replace_each_others_shards(tmp_path):
+    """Two writers named w0 on one store (two runs, or two hosts): each shard gets its own number.
+    Before shard numbers were claimed, the second w0-00000.h5 replaced the first."""
+    store = tmp_path / "s"
+    first = StoreWriter(store, 4, writer="w0", shard_items=2)
+    second = StoreWriter(store, 4, writer="w0", shard_items=2)  # opened before any shard exists
+    for i in range(4):
+        first.add(f"a/{i}", np.full((1, 4), i))
+        second.add(f"b/{i}", np.full((2, 4), -i))
+    first.close()
+    second.close()
+    names = sorted(p.name for p in (store / "shards").glob("*.h5"))
+    assert names == [f"w0-{n:05d}.h5" for n in range(4)]
+    counts = all_shard_keys(store)
+    assert set(counts) == {f"a/{i}" for i in range(4)} | {f"b/{i}" for i in range(4)}
+    assert set(counts.values()) == {1}
+    s = Store(store)
+    assert [float(s[f"a/{i}"][0, 0]) for i in range(4)] == [0, 1, 2, 3]
+    assert [float(s[f"b/{i}"][1, 3]) for i in range(4)] == [0, -1, -2, -3]
+    assert verify_store(store).ok
+
+
+def test_two_processes_with_one_writer_name_lose_nothing(tmp_path):
+    store = tmp_path / "s"
+    procs = [child(store, "w0", 80, 0.002, 2, r) for r in range(2)]  # same name, disjoint keys
+    assert [p.wait(60) for p in procs] == [0, 0], [p.stderr.read() for p in procs]
+    counts = all_shard_keys(store)
+    assert len(counts) == 80 and set(counts.values()) == {1}
+    assert len(list((store / "shards").glob("w0-*.h5"))) == 20  # 40 keys each, 4 per shard
+    s = Store(store)
+    for i in range(80):
+        assert s[f"{i % 10}/{i}"].tobytes() == item(i).tobytes()
+    assert verify_store(store).ok and not list((store / "shards").glob(".*"))
+
+
+def test_a_claim_left_by_a_crash_is_skipped(tmp_path):
+    store = tmp_path / "s"
+    (store / "shards").mkdir(parents=True)
+    (store / "shards" / ".w0-00000.h5.claim").touch()  # killed between claim and rename
+    with StoreWriter(store, 4, shard_items=1) as w:
+        w.add("a/1", np.ones((1, 4)))
+        w.add("a/2", np.ones((1, 4)))
+    assert sorted(p.name for p in (store / "shards").glob("*.h5")) == ["w0-00001.h5", "w0-00002.h5"]
+    report = verify_store(store)
+    assert report.ok and len(Store(store)) == 2
+    assert any(".w0-00000.h5.claim" in w for w in report.warnings)
+
+
+def test_sigkill_of_a_locked_writer_then_the_next_run_resumes(tmp_path):
+    """A writer holding the run lock is killed: the next locked run is not blocked and only adds
+    what is missing (each key once)."""
+    store = tmp_path / "s"
+    proc = child(store, "w0", 200, delay=0.02, lock=True)
+    deadline = time.time() + 60
+    while len(list((store / "shards").glob("w0-*.h5"))) < 3:
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert json.loads((store / ".wealy.lock").read_text())["pid"] == proc.pid  # left behind, not a lock
+    before = all_shard_keys(store)
+    resumed = child(store, "w0", 200, lock=True)
+    out, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err
+    added = [line.split()[1] for line in out.splitlines()]
+    assert sorted(added) == sorted(set(f"{i % 10}/{i}" for i in range(200)) - set(before))
+    after = all_shard_keys(store)
+    assert len(after) == 200 and set(after.values()) == {1}
     assert verify_store(store).ok
 
 

@@ -15,42 +15,17 @@ import numpy as np
 import pytest
 import torch
 from helpers.cli import REPO, run_wealy, run_wealy_process
-from helpers.stores import make_store
+from helpers.training import TINY_CFG, build_separable, read_state_retrying, train_args
 
 from wealy_cli.core.datasets import load_split
 from wealy_cli.core.errors import UserError
+from wealy_cli.core.lock import read_holder
 from wealy_cli.core.store import Store
 from wealy_cli.model.network import load_model
 from wealy_cli.model.options import TrainRun
 from wealy_cli.model.training import STATE, lr_at, plan_epoch, rank_batches, train
 
 torch.set_num_threads(1)
-
-TINY = ["--hidden-dim", "32", "--zdim", "16", "--layers", "1", "--heads", "4", "--ff-dim", "64"]
-TINY_CFG = dict(hidden_dim=32, zdim=16, num_transformer_blocks=1, num_heads=4, ff_dim=64)
-
-
-def build_separable(root: Path, train_cliques: int = 96, val_cliques: int = 12, versions: int = 2,
-                    dim: int = 16, seed: int = 0) -> tuple[Path, Path]:
-    """Cliques are separable by a signature in the first half of the dims; every version adds a
-    large constant nuisance in the second half, so an untrained model ranks near chance and a
-    model must learn to ignore the nuisance. Val cliques are new signatures."""
-    rng = np.random.default_rng(seed)
-    items, rows = {}, ["clique,version,path,split"]
-    for split, n in (("train", train_cliques), ("val", val_cliques)):
-        for c in range(n):
-            signature = rng.normal(size=dim // 2)
-            for v in range(versions):
-                T = int(rng.integers(4, 24))
-                x = np.zeros((T, dim), np.float32)
-                x[:, : dim // 2] = signature + 0.3 * rng.normal(size=(T, dim // 2))
-                x[:, dim // 2:] = 2.0 * rng.normal(size=dim // 2) + 0.3 * rng.normal(size=(T, dim // 2))
-                items[f"{split}{c}/v{v}"] = x
-                rows.append(f"{split}{c},v{v},x.mp3,{split}")
-    make_store(root / "store", items, dim)
-    (root / "data.csv").write_text("\n".join(rows) + "\n")
-    return root / "store", root / "data.csv"
-
 
 def recipe(store_dir: Path, output: Path, **options) -> TrainRun:
     """A training run on the CPU, one process, the tiny model; ``options`` override."""
@@ -138,12 +113,6 @@ def test_bad_batch_size_is_a_user_error(tmp_path):
         train(opts, store, train_split, val_split)
 
 
-def _cli_args(store_dir: Path, csv_path: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--store", store_dir, "--dataset", "csv", "--metadata", csv_path, "--output", out,
-            *TINY, "--chunk", "16", "--loader-workers", "0", "--warmup-epochs", "1", "--lr", "3e-3",
-            "--quiet", *extra]
-
-
 @pytest.mark.slow
 def test_two_process_gather_equals_single_process(tmp_path):
     """2 CPU processes (Fabric DDP, gloo), batch 8 each, vs 1 process, batch 16: same global
@@ -152,7 +121,7 @@ def test_two_process_gather_equals_single_process(tmp_path):
     store, train_split, val_split = splits(store_dir, csv_path)
     common = ["--dropout", "0", "--max-epochs", "2", "--limit-batches", "2"]
     env = {"OMP_NUM_THREADS": "1", "MASTER_PORT": str(20000 + os.getpid() % 20000)}
-    ddp = run_wealy_process(*_cli_args(store_dir, csv_path, tmp_path / "ddp", *common, "--batch-size", "8",
+    ddp = run_wealy_process(*train_args(store_dir, csv_path, tmp_path / "ddp", *common, "--batch-size", "8",
                                        "--workers", "2"), env=env, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     single = recipe(store_dir, tmp_path / "single", dropout=0.0, batch_size=16, chunk=16, max_epochs=2,
@@ -189,7 +158,7 @@ def test_two_process_gather_equals_single_process(tmp_path):
 def test_sigkill_then_resume_continues(tmp_path):
     store_dir, csv_path = build_separable(tmp_path, train_cliques=48, val_cliques=6)
     out = tmp_path / "run"
-    args = _cli_args(store_dir, csv_path, out, "--batch-size", "8", "--max-epochs", "400")
+    args = train_args(store_dir, csv_path, out, "--batch-size", "8", "--max-epochs", "400")
     env = {k: v for k, v in os.environ.items() if not k.startswith("WEALY_")}
     child = subprocess.Popen([sys.executable, "-m", "wealy_cli", *map(str, args)], cwd=REPO, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -197,7 +166,7 @@ def test_sigkill_then_resume_continues(tmp_path):
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and child.poll() is None:
             if (out / STATE).exists() and (out / "last.safetensors").exists():
-                state = _read_state_retrying(out / STATE)
+                state = read_state_retrying(out / STATE)
                 if state["epoch"] >= 2:
                     break
             time.sleep(0.05)
@@ -208,13 +177,14 @@ def test_sigkill_then_resume_continues(tmp_path):
         if child.poll() is None:
             child.kill()
     assert child.returncode == -signal.SIGKILL
+    assert read_holder(out).pid == child.pid  # its lock file stays behind; the kill freed the lock
     before = torch.load(out / STATE, weights_only=True)
     for name in ("last", "best"):  # whatever the kill interrupted, the visible files are whole
         load_model(out / f"{name}.safetensors")
     killed_at = before["epoch"]
 
     target = killed_at + 2
-    resumed = run_wealy(*_cli_args(store_dir, csv_path, out, "--batch-size", "8", "--max-epochs", str(target),
+    resumed = run_wealy(*train_args(store_dir, csv_path, out, "--batch-size", "8", "--max-epochs", str(target),
                                    "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = torch.load(out / STATE, weights_only=True)
@@ -232,15 +202,6 @@ def test_sigkill_then_resume_continues(tmp_path):
     for name in ("last", "best"):
         load_model(out / name)
     assert not list(out.glob(".*.tmp"))
-
-
-def _read_state_retrying(path: Path) -> dict:
-    for _ in range(20):
-        try:
-            return torch.load(path, weights_only=True)
-        except (OSError, RuntimeError, EOFError):
-            time.sleep(0.05)  # replaced while reading
-    return torch.load(path, weights_only=True)
 
 
 def test_stopping_rules(tmp_path):

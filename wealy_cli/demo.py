@@ -9,6 +9,7 @@ in ``<run>/.done/``; a rerun skips it, so a second run takes seconds.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from wealy_cli.core.datasets import load_split
 from wealy_cli.core.errors import UserError
+from wealy_cli.core.lock import LOCK_FILE, run_lock
 from wealy_cli.core.settings import CreatableDir, ExistingFile, Options, option
 
 Runner = Callable[[list[str]], int]
@@ -109,6 +111,23 @@ class Demo:
                 "--output", str(self.fuse_dir)]
 
     def run(self, runner: Runner, on_step: Callable[[Step], None] | None = None) -> list[Step]:
+        """Run (or skip) every step; ``--fresh`` first empties the run directory, under the lock."""
+        run_dir = self.opts.run_dir
+        with run_lock(run_dir, "demo run"):  # a second demo on this directory is refused
+            if self.opts.fresh and run_dir.exists():
+                self._clear(run_dir)
+            return self._run(runner, on_step)
+
+    @staticmethod
+    def _clear(run_dir: Path) -> None:
+        if not (run_dir / ".done").is_dir():
+            raise UserError(f"--fresh: {run_dir} is not a demo run directory (no .done/); not deleting it")
+        for entry in run_dir.iterdir():
+            if entry.name == LOCK_FILE:
+                continue  # held by this run
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+    def _run(self, runner: Runner, on_step: Callable[[Step], None] | None) -> list[Step]:
         self.opts.run_dir.mkdir(parents=True, exist_ok=True)
         self.done_dir.mkdir(exist_ok=True)
         steps = self.steps()

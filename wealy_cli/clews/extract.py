@@ -25,6 +25,7 @@ from wealy_cli.core.audio import AudioError, load_audio
 from wealy_cli.core.datasets import DatasetSplit, Version, load_split
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.launch import check_gpus
+from wealy_cli.core.lock import run_lock
 from wealy_cli.core.store import StoreWriter
 
 
@@ -222,11 +223,12 @@ def extract_clews(s: ClewsExtractOptions) -> ExtractReport:
     split = split_for(s)
     model = load_clews(s.checkpoint)  # checks the checkpoint before any worker starts
     settings = store_settings(s, model.config.zdim)
-    if s.gpus <= 1:
-        model = model.to("cuda:0" if s.gpus == 1 else "cpu")
-        report = _run_part(s, split.versions, 0, model, settings, show_progress=True)
-    else:
-        del model  # each GPU process loads its own copy
-        report = _run_devices(s, split.versions, settings, [f"cuda:{r}" for r in range(s.gpus)])
+    with run_lock(s.out, "store"):  # one run per store; the spawned GPU processes write under it
+        if s.gpus <= 1:
+            model = model.to("cuda:0" if s.gpus == 1 else "cpu")
+            report = _run_part(s, split.versions, 0, model, settings, show_progress=True)
+        else:
+            del model  # each GPU process loads its own copy
+            report = _run_devices(s, split.versions, settings, [f"cuda:{r}" for r in range(s.gpus)])
     report.wall_seconds = time.time() - start
     return report

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 from wealy_cli.commands.params import command
 from wealy_cli.core import ui
-from wealy_cli.core.errors import UserError
 from wealy_cli.core.settings import CommandSettings, write_resolved
 from wealy_cli.demo import DemoOptions
 
@@ -25,10 +23,6 @@ def demo(settings: DemoSettings) -> None:
     from wealy_cli.demo import Demo, Step, plot_comparison
 
     run = settings.run_dir
-    if settings.fresh and run.exists():
-        if not (run / ".done").is_dir():
-            raise UserError(f"--fresh: {run} is not a demo run directory (no .done/); not deleting it")
-        shutil.rmtree(run)
     pipeline = Demo(settings, quiet=ui.is_quiet())
 
     def report(step: Step) -> None:

@@ -3,16 +3,21 @@
 Layout of a store directory::
 
     manifest.json            dim, kind, extraction settings and their hash (written once)
+    .wealy.lock              the run lock (core/lock.py): one run writes a store at a time
     shards/<writer>-<n>.h5   finished shards; each holds many items
-    shards/.<name>.tmp       a shard being written (never read; left behind only by a crash)
+    shards/.<name>.*.tmp     a shard being written (never read; left behind only by a crash)
+    shards/.<name>.claim     <name> is being published (left behind only by a crash)
     failures/<writer>.jsonl  keys that could not be produced, one JSON object per line
 
 A shard holds ``data`` (rows × dim, float16) with the items' rows concatenated, ``offsets``
 (n + 1), ``keys`` (n) and ``meta`` (n JSON strings: clique, version, text, language, ...).
 A writer buffers items and writes a whole shard at once to a temporary name, flushes,
 fsyncs and renames it: a shard is either complete and visible or not there at all, so a
-crash loses at most the items of the open shard. Each writer process has its own name and
-writes only its own shards; resuming skips keys already stored.
+crash loses at most the items of the open shard. A shard's number is claimed with an
+exclusive create (``O_CREAT | O_EXCL``) before the rename, so two writers that happen to share
+a name (two runs, two hosts) take different numbers and never replace each other's shards.
+Each process of a run has its own writer name (``w<rank>``) and its own share of the keys;
+resuming skips keys already stored. Runs themselves are kept apart by the run lock.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import hashlib
 import json
 import os
 import re
+import secrets
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,7 +38,8 @@ import h5py
 import numpy as np
 
 from wealy_cli.core.errors import UserError
-from wealy_cli.core.files import replace_atomically
+from wealy_cli.core.files import fsync_dir
+from wealy_cli.core.lock import active_holder
 
 MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
@@ -47,6 +55,11 @@ def settings_hash(settings: dict[str, Any]) -> str:
     """Stable short hash of the settings that determine an item's content."""
     blob = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _unique_suffix() -> str:
+    """Host, pid and a random part: distinct for every writer, also across hosts on a shared disk."""
+    return f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
 
 
 def _shard_paths(directory: Path) -> list[Path]:
@@ -116,7 +129,7 @@ class StoreWriter:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         path = self.directory / MANIFEST
-        tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.{self.writer}.tmp")
+        tmp = path.with_name(f".{MANIFEST}.{_unique_suffix()}.tmp")
         tmp.write_text(json.dumps(manifest, indent=2, default=str))
         try:
             os.link(tmp, path)  # atomic create-if-absent: concurrent writers agree on one manifest
@@ -165,12 +178,11 @@ class StoreWriter:
             os.fsync(fh.fileno())
 
     def flush(self) -> None:
-        """Write the buffered items as one complete shard (temporary name, fsync, rename)."""
+        """Write the buffered items as one complete shard (temporary name, fsync, claimed rename)."""
         if not self._buffer:
             return
         name = f"{self.writer}-{self._seq:05d}.h5"
-        final = self.directory / SHARD_DIR / name
-        tmp = final.with_name(f".{name}.tmp")
+        tmp = self.directory / SHARD_DIR / f".{name}.{_unique_suffix()}.tmp"  # never shared with another writer
         arrays = [a for _, a, _ in self._buffer]
         offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
         np.cumsum([a.shape[0] for a in arrays], out=offsets[1:])
@@ -185,10 +197,34 @@ class StoreWriter:
             h5.create_dataset("meta", data=[json.dumps(m, default=str) for _, _, m in self._buffer],
                               dtype=h5py.string_dtype())
             h5.flush()
-        replace_atomically(tmp, final)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        self._seq = self._publish(tmp) + 1
         self._buffer.clear()
         self._buffer_bytes = 0
-        self._seq += 1
+
+    def _publish(self, tmp: Path) -> int:
+        """Rename ``tmp`` to the first free ``<writer>-<n>.h5`` from this writer's next number on;
+        returns n. The claim file makes the choice exclusive among writers of the same name."""
+        shard_dir = self.directory / SHARD_DIR
+        seq = self._seq
+        while True:
+            name = f"{self.writer}-{seq:05d}.h5"
+            claim = shard_dir / f".{name}.claim"
+            try:
+                os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            except FileExistsError:  # another writer is publishing this number right now
+                seq += 1
+                continue
+            try:
+                if (shard_dir / name).exists():  # published earlier (its claim is already gone)
+                    seq += 1
+                    continue
+                os.replace(tmp, shard_dir / name)
+                fsync_dir(shard_dir)
+                return seq
+            finally:
+                claim.unlink()  # after the rename: a later writer then sees the shard itself
 
     def close(self) -> None:
         self.flush()
@@ -365,9 +401,16 @@ def verify_store(directory: Path, check_values: bool = True, block_rows: int = 6
     dim = int(manifest.get("dim", -1))
     seen: dict[str, str] = {}
     shard_dir = directory / SHARD_DIR
+    holder = active_holder(directory)
+    if holder is not None:  # read only: probing the lock could make a starting run fail
+        report.warnings.append(f"a run may be writing this store: {holder.describe()}; "
+                               "shards it adds later are not checked, its unfinished ones are listed")
     stale = sorted(shard_dir.glob(".*.tmp")) if shard_dir.is_dir() else []
     for path in stale:
         report.warnings.append(f"{path.name}: unfinished shard left by an interrupted writer (ignored)")
+    claims = sorted(shard_dir.glob(".*.claim")) if shard_dir.is_dir() else []
+    for path in claims:
+        report.warnings.append(f"{path.name}: shard number claimed by an interrupted writer (ignored)")
     for path in _shard_paths(directory):
         report.shards += 1
         try:

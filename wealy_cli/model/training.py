@@ -50,6 +50,7 @@ from wealy_cli.core.datasets import DatasetSplit, load_split
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.files import replace_atomically
 from wealy_cli.core.launch import Devices, resolve_devices
+from wealy_cli.core.lock import run_lock
 from wealy_cli.core.store import Store
 from wealy_cli.model.losses import make_loss
 from wealy_cli.model.network import ModelConfig, build_model, count_parameters, save_weights
@@ -296,23 +297,36 @@ def check_splits(train: DatasetSplit, val: DatasetSplit, opts: TrainOptions, dev
 
 def run_training(run: TrainRun, on_start: Callable[[str], None] | None = None) -> TrainResult | None:
     """Load the store and both splits, then train; ``on_start(summary)`` is called once, by the
-    launching process, before training starts. Returns the result on rank 0, else None."""
+    launching process, under the run directory's lock, before training starts. Returns the
+    result on rank 0, else None."""
     resolve_devices(run)  # a device problem is reported before any data is read
     store = Store(run.store)
     train_split = load_split(run.dataset, run.split, run.metadata, check_audio=False).restrict(store.keys())
     val_split = load_split(run.dataset, run.val_split, run.metadata, check_audio=False).restrict(store.keys())
-    if on_start is not None and os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
-        params = count_parameters(build_model(ModelConfig.from_options(run, store.dim)))
-        on_start(f"train: {len(train_split)} versions / {train_split.n_cliques()} cliques; val: {len(val_split)} / "
-                 f"{val_split.n_cliques()}; model {params / 1e6:.2f} M parameters → {run.run_dir()}")
-    result = train(run, store, train_split, val_split)
+    with run_lock(run.run_dir(), "training run"):  # re-entrant: train() takes it again
+        if on_start is not None and all(os.environ.get(v, "0") == "0" for v in ("LOCAL_RANK", "NODE_RANK")):
+            params = count_parameters(build_model(ModelConfig.from_options(run, store.dim)))
+            on_start(f"train: {len(train_split)} versions / {train_split.n_cliques()} cliques; val: "
+                     f"{len(val_split)} / {val_split.n_cliques()}; model {params / 1e6:.2f} M parameters → "
+                     f"{run.run_dir()}")
+        result = train(run, store, train_split, val_split)
     return result if result.rank == 0 else None
 
 
 def train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: DatasetSplit) -> TrainResult:
-    """Run (or resume) training; returns what happened. Works on 1 or N devices."""
+    """Run (or resume) training; returns what happened. Works on 1 or N devices.
+
+    The run directory is locked for the whole run (by the launching process, before the other
+    ranks start): a second run on it is refused instead of interleaving metrics.csv or replacing
+    checkpoints; a killed run leaves no lock behind, so ``--resume`` works at once."""
     devices = resolve_devices(opts)
     check_splits(train_split, val_split, opts, devices)
+    with run_lock(opts.run_dir(), "training run"):
+        return _train(opts, store, train_split, val_split, devices)
+
+
+def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: DatasetSplit,
+           devices: Devices) -> TrainResult:
     model_config = ModelConfig.from_options(opts, store.dim)
     out = opts.run_dir()
     state_path = out / STATE

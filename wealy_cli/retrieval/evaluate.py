@@ -26,6 +26,7 @@ from wealy_cli.core.datasets import DatasetSplit, load_split
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.files import write_atomically
 from wealy_cli.core.launch import Devices, resolve_devices
+from wealy_cli.core.lock import run_lock
 from wealy_cli.core.store import Store, StoreWriter, settings_hash
 from wealy_cli.ranking.chunks import embed_chunks, embedding_groups
 from wealy_cli.ranking.matrixfile import MatrixFormat
@@ -116,9 +117,14 @@ def load_data(opts: ModelOnSplit) -> tuple[Store, DatasetSplit]:
 
 
 def prepare(opts: ModelOnSplit, cache_root: Path, rank: int = 0, world: int = 1,
-            barrier: Callable[[], None] | None = None, device: str = "cpu") -> Prepared:
+            barrier: Callable[[], None] | None = None, device: str = "cpu",
+            agree: Callable[[bool], bool] | None = None) -> Prepared:
     """Embed the split's songs (this worker: every world-th group) into the chunk cache under
-    ``cache_root``, then load them all."""
+    ``cache_root``, then load them all.
+
+    The cache is locked while it is written. Another evaluation of the same model and store
+    (another split, or 'distances') waits for it instead of failing, then reuses what it cached.
+    With several workers, ``agree`` (a broadcast of rank 0's value) lets them wait together."""
     from wealy_cli.model.network import load_model
 
     model_path = resolve_model_path(opts)
@@ -131,12 +137,13 @@ def prepare(opts: ModelOnSplit, cache_root: Path, rank: int = 0, world: int = 1,
         raise UserError(f"--store {opts.store}: features have dim {features.dim}, the model expects "
                         f"{cfg.input_channels} (--checkpoint/--model and --store do not belong together)")
     model.to(device)
-    with StoreWriter(cache_dir, cfg.zdim, writer=f"w{rank}", settings=cache_settings,
-                     kind="chunk-embeddings") as writer:
-        groups = embedding_groups(features, split.keys, opts)[rank::world]
-        empty = embed_chunks(model, features, groups, writer, opts)
-    if barrier is not None:
-        barrier()
+    with run_lock(cache_dir, "chunk-embedding cache", wait=True, owner=rank == 0, agree=agree if world > 1 else None):
+        with StoreWriter(cache_dir, cfg.zdim, writer=f"w{rank}", settings=cache_settings,
+                         kind="chunk-embeddings") as writer:
+            groups = embedding_groups(features, split.keys, opts)[rank::world]
+            empty = embed_chunks(model, features, groups, writer, opts)
+        if barrier is not None:  # every rank's shards are in before rank 0 unlocks
+            barrier()
     cache = Store(cache_dir)
     failed = set(cache.failures())
     if failed:  # songs without feature rows: drop them and re-apply the ≥ 2 versions rule
@@ -176,15 +183,16 @@ def _evaluate_fabric(opts: EvaluateRun, devices: Devices) -> EvalResult | None:
         ui.set_quiet(True)
     result = _evaluate(opts, fabric.global_rank, fabric.world_size, fabric.barrier,
                        lambda x: fabric.all_reduce(x.to(fabric.device), reduce_op="sum").cpu(),
-                       device=str(fabric.device))
+                       device=str(fabric.device), agree=lambda ok: bool(fabric.broadcast(ok, src=0)))
     return result if fabric.global_rank == 0 else None
 
 
 def _evaluate(opts: EvaluateRun, rank: int, world: int, barrier: Callable[[], None] | None,
-              reduce: Callable[[torch.Tensor], torch.Tensor] | None, device: str) -> EvalResult | None:
+              reduce: Callable[[torch.Tensor], torch.Tensor] | None, device: str,
+              agree: Callable[[bool], bool] | None = None) -> EvalResult | None:
     start = time.perf_counter()
     output = opts.run_dir()
-    prep = prepare(opts, Path(opts.cache or output / "cache"), rank, world, barrier, device)
+    prep = prepare(opts, Path(opts.cache or output / "cache"), rank, world, barrier, device, agree)
     metrics = all_against_all(prep.songs, opts.topk, rank, world, reduce)
     seconds = time.perf_counter() - start
     info = {**summary(prep.songs), "model": str(prep.model_path), "cache": str(prep.cache_dir),

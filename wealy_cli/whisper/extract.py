@@ -26,6 +26,7 @@ from wealy_cli.core.audio import AudioError, load_audio
 from wealy_cli.core.datasets import MissingSplitError, Version, load_split
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.launch import Devices, resolve_devices
+from wealy_cli.core.lock import run_lock
 from wealy_cli.core.store import StoreWriter
 from wealy_cli.whisper.model import Whisper, decoder_rows, load_ct2_whisper, load_transformers_whisper
 from wealy_cli.whisper.options import WhisperExtractOptions
@@ -267,10 +268,12 @@ def extract_whisper(settings: WhisperExtractOptions) -> Summary | None:
     versions = work_list(settings)
     if not versions:
         raise UserError(f"dataset {settings.dataset} split {settings.split}: no versions to extract")
-    if devices.processes == 1 and settings.nodes == 1:
-        device = torch.device("cuda", 0) if devices.on_gpu else torch.device("cpu")
-        return extract_share(settings, versions, 0, device, threads=0)
-    return _run_fabric(settings, versions, devices)
+    # One run per store: the launching process (global rank 0) locks it before any rank starts.
+    with run_lock(settings.output_dir(), "store"):
+        if devices.processes == 1 and settings.nodes == 1:
+            device = torch.device("cuda", 0) if devices.on_gpu else torch.device("cpu")
+            return extract_share(settings, versions, 0, device, threads=0)
+        return _run_fabric(settings, versions, devices)
 
 
 def _run_fabric(settings: WhisperExtractOptions, versions: list[Version], devices: Devices) -> Summary | None:

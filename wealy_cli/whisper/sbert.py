@@ -14,6 +14,7 @@ import numpy as np
 
 from wealy_cli.core import ui
 from wealy_cli.core.errors import UserError
+from wealy_cli.core.lock import run_lock
 from wealy_cli.core.store import Store, StoreWriter
 from wealy_cli.whisper.lyrics import clean
 from wealy_cli.whisper.options import DEFAULT_SBERT, SbertOptions
@@ -58,7 +59,8 @@ def embed_store(settings: SbertOptions) -> SbertSummary:
     content = {"extractor": "sbert", "model": settings.model,
                "source_settings_hash": source.manifest.get("settings_hash")}
     summary = SbertSummary(items=len(keys), dim=dim)
-    with StoreWriter(settings.output_dir(), dim, settings=content, kind="sbert") as writer, ui.progress() as bar:
+    with run_lock(settings.output_dir(), "store"), \
+            StoreWriter(settings.output_dir(), dim, settings=content, kind="sbert") as writer, ui.progress() as bar:
         todo = [k for k in keys if k not in writer]
         summary.skipped = len(keys) - len(todo)
         task = bar.add_task("sbert", total=len(todo), status="")
