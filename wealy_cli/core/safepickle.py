@@ -335,6 +335,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             ("numpy", "ndarray"): _NdarrayName(source),
             ("numpy", "dtype"): lambda *args: _DtypeState(self, *args),
             ("_codecs", "encode"): self._encode,  # how protocols 0-2 store bytes
+            ("builtins", "bytes"): self._empty_bytes,  # ... and empty bytes
             ("collections", "OrderedDict"): self._container(OrderedDict, 80, 96),
             ("builtins", "set"): self._container(set, 232, 64),  # protocols 0-3 store sets by calling set
             ("builtins", "frozenset"): self._container(frozenset, 232, 64),
@@ -406,6 +407,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
                           f"{type(text).__name__}, {str(encoding)[:20]!r})")
         self.budget.charge(len(text) + 64, "byte strings")
         return text.encode("latin-1")
+
+    def _empty_bytes(self, *args: Any) -> bytes:
+        if args:  # bytes(n) would allocate n bytes
+            raise _refuse(self.source, "bytes() is accepted only without arguments (how protocols 0-2 store b'')")
+        return b""
 
     def _complex(self, real: Any = 0.0, imag: Any = 0.0) -> complex:
         if not all(type(x) in (int, float) for x in (real, imag)):

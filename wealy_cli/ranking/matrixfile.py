@@ -231,6 +231,8 @@ def read_matrix(path: Path) -> DistanceMatrix:
 def _dtype_words(dtype: np.dtype) -> str:
     words = {"b": "booleans", "c": "complex numbers", "U": "strings", "S": "byte strings", "O": "Python objects",
              "V": "raw records", "M": "dates", "m": "time spans", "T": "strings"}
+    if dtype.kind == "O" and h5py.check_string_dtype(dtype) is not None:
+        return "strings (HDF5 variable-length strings)"
     return f"{words.get(dtype.kind, 'values')} (dtype {dtype})"
 
 
@@ -246,20 +248,23 @@ def check_distances(values: Any, source: str, name: str = "distances") -> np.nda
                               f"{_dtype_words(d.dtype)}")
     if d.ndim != 2:
         raise MatrixFileError(f"{source}: '{name}' must be 2-D, got shape {d.shape}")
-    d32 = d.astype(np.float32, copy=False)
-    for bad, what in ((np.isnan, "NaN"), (np.isneginf, "-inf")):
-        mask = bad(d32)
+    with np.errstate(over="ignore"):  # values beyond float32 are found and named below
+        d32 = d.astype(np.float32, copy=False)
+    finite = np.isfinite(d32)
+    if finite.size and finite.all():
+        return d32
+    for mask, what in ((np.isnan(d32), "NaN"), (d32 == -np.inf, "-inf")):
         if mask.any():
             i, j = np.unravel_index(int(mask.argmax()), mask.shape)
             raise MatrixFileError(f"{source}: '{name}' holds {what} (first at row {i}, column {j}); a distance "
                                   "must be a number, +inf meaning 'never a match'")
     if d.dtype.kind == "f" and d.dtype.itemsize > 4:
-        mask = np.isinf(d32) & np.isfinite(d)
+        mask = ~finite & np.isfinite(d)
         if mask.any():
             i, j = np.unravel_index(int(mask.argmax()), mask.shape)
             raise MatrixFileError(f"{source}: '{name}' holds {d[i, j]:g} at row {i}, column {j}, beyond "
                                   "float32's range (it would become inf)")
-    if not np.isfinite(d32).any():
+    if not finite.any():
         raise MatrixFileError(f"{source}: '{name}' has no finite entry ({d.shape[0]}×{d.shape[1]}, "
                               "all +inf or empty); nothing could be ranked")
     return d32
