@@ -201,7 +201,8 @@ def test_npz_compression_bomb_is_refused_and_unread_members_are_ignored(tmp_path
     _npz_with_member(bomb, "distances", {"descr": "<f4", "fortran_order": False, "shape": zeros.shape},
                      zeros.tobytes(), zipfile.ZIP_DEFLATED)
     assert bomb.stat().st_size < 1_000_000
-    with pytest.raises(MatrixFileError, match=r"bomb.npz: refused: its arrays declare \d+ bytes \('distances': 268435456\)"):
+    refusal = r"bomb.npz: refused: its arrays declare \d+ bytes \('distances': 268435456\)"
+    with pytest.raises(MatrixFileError, match=refusal):
         read_matrix(bomb)
     extra = tmp_path / "extra.npz"  # the same bomb under a name wealy does not read: harmless
     _npz_with_member(extra, "junk", {"descr": "<f4", "fortran_order": False, "shape": zeros.shape},
@@ -300,12 +301,16 @@ def test_pickled_nesting_and_sharing_are_refused(tmp_path):
              "tuplekeys": ({"distance_matrix": np.ones((1, 1)), **refs, "metadata": {(1, 2): 3}},
                            "'metadata' cannot be read as JSON-like data"),
              "ragged": ({"distance_matrix": [[1.0, 2.0], [3.0]], **refs}, "'distance_matrix' is not an array"),
+             "arraymeta": ({"distance_matrix": np.ones((1, 1)), **refs, "metadata": np.array([1, 2])}, None),
              "nanindex": ({"distance_matrix": np.ones((1, 1)), **refs,
                            "query_references": [{"clique": 1, "version": 1, "matrix_row": float("nan")}]},
                           "reference 0 has a non-integer matrix_row")}
     for name, (obj, words) in cases.items():
         path = tmp_path / f"{name}.pkl"
         path.write_bytes(pickle.dumps(obj, protocol=4) if name not in ("matrix", "metadata") else _deep_pickle(obj))
+        if words is None:  # metadata that is not a dict is kept under "value"
+            assert read_matrix(path).metadata == {"value": [1, 2]}
+            continue
         with pytest.raises(UserError) as info:
             read_matrix(path)
         assert str(info.value).startswith(f"{path}: ") and words in str(info.value), (name, str(info.value))

@@ -441,8 +441,10 @@ def from_original_layout(obj: Any, source: str = "<pickle>") -> DistanceMatrix:
     distances = check_distances(obj["distance_matrix"], source, "distance_matrix")
     q_keys, q_cliques = _references(obj["query_references"], "matrix_row", distances.shape[0], source)
     c_keys, c_cliques = _references(obj["candidate_references"], "matrix_col", distances.shape[1], source)
-    metadata = obj.get("metadata") or {}
-    if not isinstance(metadata, dict):
+    metadata = obj.get("metadata")
+    if metadata is None:
+        metadata = {}
+    elif not isinstance(metadata, dict):
         metadata = {"value": metadata}
     try:
         metadata = json.loads(json.dumps(metadata, default=_json_default))
