@@ -205,3 +205,45 @@ def test_cqt_front_end_puts_a_tone_in_its_semitone_bin():
     peaks = spec[:, 0, :, 20:180].mean(-1).argmax(-1).tolist()
     expected = [round(12 * math.log2(f / 32.70)) for f in (440.0, 110.0, 1760.0)]
     assert peaks == expected == [45, 21, 69]
+
+
+def _official_force_length(x: torch.Tensor, length: int, allow_longer: bool) -> torch.Tensor:
+    """sony/clews lib/tensor_ops.force_length with pad_mode="repeat", cut_mode="start", written out."""
+    if x.size(-1) == length or (x.size(-1) > length and allow_longer):
+        return x
+    aux = x.clone()
+    while aux.size(-1) < length:
+        aux = torch.cat([aux, x], dim=-1)
+    return aux if allow_longer else aux[..., :length]
+
+
+def _official_prepare(audio: torch.Tensor, shingle_seconds: float, hop: float, minlen: float = 20.0,
+                      sr: int = 16000) -> torch.Tensor:
+    """sony/clews models/clews.py Model.prepare up to the CQT: get_frames(pad_mode="repeat"), then
+    every frame forced to at least ``minlen`` (the training shingle length) by repetition."""
+    length, step = int(sr * shingle_seconds), int(sr * hop)
+    padded_length = max(int(math.ceil((audio.size(-1) - length) / step)), 0) * step + length
+    frames = _official_force_length(audio[None], padded_length, allow_longer=False).unfold(-1, length, step)
+    return _official_force_length(frames, int(sr * minlen), allow_longer=True)[0]
+
+
+@pytest.mark.parametrize("shingle_seconds", [10.0, 7.0, 20.0, 25.0])
+def test_short_shingles_are_repeated_to_the_training_length_as_officially(shingle_seconds):
+    """--shingle-seconds below 20: each shingle is repeated whole until ≥ 20 s (10 s → 20 s,
+    7 s → 21 s), exactly as the official code; 20 s and longer shingles are untouched."""
+    from wealy_cli.clews.extract import song_shingles
+
+    torch.manual_seed(3)
+    audio = torch.randn(37 * 16000)
+    model = ClewsModel(TINY).eval()
+    ours = model.prepare(song_shingles(audio, shingle_seconds, 5.0))
+    official = _official_prepare(audio, shingle_seconds, 5.0)
+    assert ours.shape == official.shape and torch.equal(ours, official)
+    expected_seconds = {10.0: 20, 7.0: 21, 20.0: 20, 25.0: 25}[shingle_seconds]
+    assert ours.shape[-1] == expected_seconds * 16000
+    with torch.inference_mode():  # forward applies the rule: the same as embedding the official frames
+        torch.testing.assert_close(model(song_shingles(audio, shingle_seconds, 5.0)),
+                                   model.embed(model.cqt(official).unsqueeze(1)))
+        if shingle_seconds < 20:  # and it matters
+            unrepeated = model.embed(model.cqt(song_shingles(audio, shingle_seconds, 5.0)).unsqueeze(1))
+            assert not torch.allclose(unrepeated, model(song_shingles(audio, shingle_seconds, 5.0)), atol=1e-4)

@@ -199,3 +199,86 @@ def test_random_transformers_whisper_through_ctranslate2(tmp_path, tiny_dir, wea
     mine = decoder_rows(ours_loaded, torch.from_numpy(mel)[None], [tokens])[0]
     assert float((mine - ref).abs().max() / ref.abs().max()) < 1e-4
     assert json.loads((out / "manifest.json").read_text())["settings"]["model"] == str(model_dir)
+
+
+def _small_transformers_whisper(seed: int = 0) -> WhisperForConditionalGeneration:
+    torch.manual_seed(seed)
+    config = WhisperConfig(vocab_size=51864, num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128,
+                           decoder_ffn_dim=128, max_source_positions=1500, max_target_positions=448,
+                           decoder_start_token_id=50257, eos_token_id=50256, pad_token_id=50256, bos_token_id=50256)
+    return WhisperForConditionalGeneration(config).eval()
+
+
+class _TouchOnLoad:
+    """Unpickling this runs os.system: what a hostile pytorch_model.bin can carry."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_bin_carrying_code_is_refused_by_extract_whisper(tmp_path, tiny_dir, wealy):
+    """`wealy extract whisper --model DIR` where DIR's only weights are a .bin with code: exit 2,
+    one line naming the file, the code never runs, nothing is written into DIR."""
+    model = _small_transformers_whisper()
+    model_dir = tmp_path / "evil-whisper"
+    model_dir.mkdir()
+    model.config.to_json_file(model_dir / "config.json")
+    shutil.copy(tiny_dir / "tokenizer.json", model_dir / "tokenizer.json")
+    marker = tmp_path / "code-ran"
+    torch.save({**model.state_dict(), "x": _TouchOnLoad(marker)}, model_dir / "pytorch_model.bin")
+    before = sorted(p.name for p in model_dir.iterdir())
+    csv = tmp_path / "songs.csv"
+    csv.write_text(f"clique,version,path\nc1,a,{AUDIO / 'fox.mp3'}\nc1,b,{AUDIO / 'tiny.wav'}\n")
+    result = wealy("extract", "whisper", "--dataset", "csv", "--metadata", csv, "--model", model_dir,
+                   "-o", tmp_path / "store", env={"WEALY_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert f"{model_dir / 'pytorch_model.bin'}: refused to load" in result.stderr
+    assert "posix.system" in result.stderr and "safetensors" in result.stderr
+    assert not marker.exists()
+    assert sorted(p.name for p in model_dir.iterdir()) == before
+
+
+def test_bin_only_directory_is_read_weights_only_into_a_safetensors_copy(tmp_path, tiny_dir, monkeypatch):
+    """A directory with only pytorch_model.bin: the weights are read once through the weights-only
+    loader and saved as model.safetensors in a cached copy; transformers and the CTranslate2
+    converter only see the copy (torch.load is never called on anything else, and never with
+    weights_only=False); the copy holds exactly the original tensors."""
+    from safetensors.torch import load_file
+
+    from wealy_cli.whisper.sources import locate_whisper
+
+    model = _small_transformers_whisper(1)
+    model_dir = tmp_path / "bin-whisper"
+    model_dir.mkdir()
+    model.config.to_json_file(model_dir / "config.json")
+    shutil.copy(tiny_dir / "tokenizer.json", model_dir / "tokenizer.json")
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.save(model.state_dict(), model_dir / "pytorch_model.bin")
+    monkeypatch.setenv("WEALY_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real_load = torch.load
+
+    def recording_load(f, *args, **kwargs):
+        calls.append((str(f), kwargs.get("weights_only")))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    ct2_dir, torch_dir, kind = locate_whisper(str(model_dir))
+    assert kind == "transformers" and (ct2_dir / "model.bin").is_file()
+    assert torch_dir.parent == tmp_path / "cache" / "safetensors"
+    assert sorted(p.name for p in torch_dir.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert calls == [(str(model_dir / "pytorch_model.bin"), True)]
+    copied = load_file(str(torch_dir / "model.safetensors"))
+    assert copied.keys() == original.keys()
+    assert all(torch.equal(copied[k], original[k]) for k in original)
+    ours = load_transformers_whisper(torch_dir)
+    assert torch.equal(ours.decoder.token_embedding.weight, original["model.decoder.embed_tokens.weight"])
+    assert locate_whisper(str(model_dir))[1] == torch_dir  # cached: the .bin is not read again
+    assert len(calls) == 1

@@ -190,9 +190,19 @@ class ClewsModel(nn.Module):
     def shingle_samples(self) -> int:
         return int(round(self.config.shingle_seconds * self.config.sample_rate))
 
+    def prepare(self, shingles: torch.Tensor) -> torch.Tensor:
+        """Shingles shorter than the training shingle are repeated whole until they are at least
+        that long, as the official ``Model.prepare`` does (``force_length(..., pad_mode="repeat",
+        allow_longer=True)`` to ``minlen`` = the training shingle length): with 20 s training
+        shingles, a 10 s shingle becomes 20 s and a 7 s one 21 s; longer shingles are unchanged."""
+        length = shingles.shape[-1]
+        if length >= self.shingle_samples:
+            return shingles
+        return shingles.repeat(*([1] * (shingles.ndim - 1)), math.ceil(self.shingle_samples / length))
+
     def spectrogram(self, shingles: torch.Tensor) -> torch.Tensor:
-        """(S, samples) → pooled CQT magnitude (S, 1, bins, frames)."""
-        return self.cqt(shingles).unsqueeze(1)
+        """(S, samples) → pooled CQT magnitude (S, 1, bins, frames), after ``prepare``."""
+        return self.cqt(self.prepare(shingles)).unsqueeze(1)
 
     def embed(self, spec: torch.Tensor) -> torch.Tensor:
         """(S, 1, bins, frames) → (S, zdim)."""

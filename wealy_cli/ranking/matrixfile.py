@@ -12,14 +12,27 @@ Three formats, chosen by the file suffix when writing and by the file's first by
   with the plain unpickler.
 
 Version keys are ``"<clique>/<version>"`` (``data.make_key``); rows and columns line up with them.
+
+Reading treats every file as untrusted; whatever is wrong gives a ``MatrixFileError`` naming the
+file. The distances are checked the same way in every format (``check_distances``): a 2-D array
+of integers or floats (not booleans, complex numbers, strings or objects), converted to float32.
+It may hold +inf (a query's own entry, "never a match") but no NaN, no −inf, no finite value
+beyond float32's range (it would silently become inf), and at least one finite entry. Labels
+(keys, cliques) are 1-D arrays of strings or integers; metadata is one JSON string. Before any
+array is read, the sizes its header declares must fit ``safepickle.memory_limit`` of the file's
+size (a compressed or sparse file cannot ask for gigabytes); HDF5 names must be datasets stored
+in the file itself (no groups, links, external or virtual storage).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import pickle
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +43,15 @@ import numpy as np
 
 from wealy_cli.core.datasets import make_key
 from wealy_cli.core.errors import UserError
-from wealy_cli.core.safepickle import safe_load
+from wealy_cli.core.safepickle import memory_limit, safe_load
 
 MatrixFormat = Literal["npz", "hdf5", "pickle"]
 SUFFIXES: dict[str, MatrixFormat] = {".npz": "npz", ".h5": "hdf5", ".hdf5": "hdf5",
                                      ".pkl": "pickle", ".pickle": "pickle"}
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGIC = b"PK\x03\x04"
+_LABELS = ("query_keys", "candidate_keys", "query_cliques", "candidate_cliques")
+_REQUIRED = ("distances", *_LABELS)
 
 
 class MatrixFileError(UserError):
@@ -213,38 +228,187 @@ def read_matrix(path: Path) -> DistanceMatrix:
     raise MatrixFileError(f"{path}: not a distance-matrix file (expected .npz, HDF5 or pickle content)")
 
 
+def _dtype_words(dtype: np.dtype) -> str:
+    words = {"b": "booleans", "c": "complex numbers", "U": "strings", "S": "byte strings", "O": "Python objects",
+             "V": "raw records", "M": "dates", "m": "time spans", "T": "strings"}
+    if dtype.kind == "O" and h5py.check_string_dtype(dtype) is not None:
+        return "strings (HDF5 variable-length strings)"
+    return f"{words.get(dtype.kind, 'values')} (dtype {dtype})"
+
+
+def check_distances(values: Any, source: str, name: str = "distances") -> np.ndarray:
+    """The distances as a float32 array, or a ``MatrixFileError`` saying what is wrong (the rule
+    is in the module docstring)."""
+    try:
+        d = np.asarray(values)
+    except (ValueError, TypeError, RecursionError) as err:
+        raise MatrixFileError(f"{source}: '{name}' is not an array of numbers ({err})") from err
+    if d.dtype.kind not in "iuf":
+        raise MatrixFileError(f"{source}: '{name}' must hold real numbers (integers or floats), not "
+                              f"{_dtype_words(d.dtype)}")
+    if d.ndim != 2:
+        raise MatrixFileError(f"{source}: '{name}' must be 2-D, got shape {d.shape}")
+    with np.errstate(over="ignore"):  # values beyond float32 are found and named below
+        d32 = d.astype(np.float32, copy=False)
+    finite = np.isfinite(d32)
+    if finite.size and finite.all():
+        return d32
+    for mask, what in ((np.isnan(d32), "NaN"), (d32 == -np.inf, "-inf")):
+        if mask.any():
+            i, j = np.unravel_index(int(mask.argmax()), mask.shape)
+            raise MatrixFileError(f"{source}: '{name}' holds {what} (first at row {i}, column {j}); a distance "
+                                  "must be a number, +inf meaning 'never a match'")
+    if d.dtype.kind == "f" and d.dtype.itemsize > 4:
+        mask = ~finite & np.isfinite(d)
+        if mask.any():
+            i, j = np.unravel_index(int(mask.argmax()), mask.shape)
+            raise MatrixFileError(f"{source}: '{name}' holds {d[i, j]:g} at row {i}, column {j}, beyond "
+                                  "float32's range (it would become inf)")
+    if not finite.any():
+        raise MatrixFileError(f"{source}: '{name}' has no finite entry ({d.shape[0]}×{d.shape[1]}, "
+                              "all +inf or empty); nothing could be ranked")
+    return d32
+
+
+def _labels(values: Any, name: str, source: str) -> list[str]:
+    """Keys or cliques: a 1-D array of strings or integers, as Python strings."""
+    a = np.asarray(values)
+    if a.ndim != 1:
+        raise MatrixFileError(f"{source}: '{name}' must be a 1-D list of labels, got shape {a.shape}")
+    if a.dtype.kind == "S":
+        try:
+            return [x.decode("utf-8") for x in a.tolist()]
+        except UnicodeDecodeError as err:
+            raise MatrixFileError(f"{source}: '{name}' holds bytes that are not UTF-8 ({err.reason})") from err
+    items = a.tolist()
+    if a.dtype.kind not in "UiuO" or (a.dtype.kind == "O" and not all(isinstance(x, str) for x in items)):
+        raise MatrixFileError(f"{source}: '{name}' must hold strings or integers, not {_dtype_words(a.dtype)}")
+    return [str(x) for x in items]
+
+
+def _check_declared(sizes: dict[str, int], path: Path) -> None:
+    """Refuse before reading when the arrays declare more bytes than a file this size may need."""
+    limit = memory_limit(path.stat().st_size)
+    if sum(sizes.values()) > limit:
+        name = max(sizes, key=sizes.__getitem__)
+        raise MatrixFileError(f"{path}: refused: its arrays declare {sum(sizes.values())} bytes ('{name}': "
+                              f"{sizes[name]}), more than a {path.stat().st_size}-byte file may need (limit "
+                              f"{limit / 2**20:.0f} MiB); the file is damaged or crafted")
+
+
 def _read_npz(path: Path) -> DistanceMatrix:
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except (ValueError, OSError) as err:  # object arrays need pickle: refused
-        raise MatrixFileError(f"{path}: unreadable .npz ({err})") from err
+        with zipfile.ZipFile(path) as archive:
+            members = {info.filename[:-4]: info for info in archive.infolist() if info.filename.endswith(".npy")}
+            names = [n for n in (*_REQUIRED, "metadata") if n in members]  # other members are never read
+            _check_declared({n: _npy_declared_bytes(archive, members[n], n, path) for n in names}, path)
+            arrays = {}
+            for name in names:
+                with archive.open(members[name]) as fh:
+                    arrays[name] = np.lib.format.read_array(fh, allow_pickle=False)
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, NotImplementedError,
+            RuntimeError) as err:  # RuntimeError: an encrypted member
+        raise MatrixFileError(f"{path}: unreadable .npz ({type(err).__name__}: {err})") from err
     return _from_arrays(arrays, str(path))
+
+
+def _npy_declared_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, path: Path) -> int:
+    """Shape × itemsize from a member's .npy header (read without reading the data)."""
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):  # bzip2/lzma expand unboundedly
+        raise MatrixFileError(f"{path}: '{name}' is compressed with zip method {info.compress_type}; numpy writes "
+                              "only stored or deflated members")
+    with archive.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise MatrixFileError(f"{path}: '{name}' uses .npy format {version}, which wealy does not read")
+    if dtype.hasobject:
+        raise MatrixFileError(f"{path}: '{name}' holds Python objects, which only pickle can read (refused)")
+    return math.prod(shape) * dtype.itemsize
 
 
 def _read_hdf5(path: Path) -> DistanceMatrix:
     try:
         with h5py.File(path, "r") as fh:
-            arrays: dict[str, Any] = {}
-            for name in fh:
-                ds = fh[name]
-                arrays[name] = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
+            datasets = {name: _dataset(fh, name, path) for name in _REQUIRED}
+            _check_declared({n: ds.size * ds.dtype.itemsize for n, ds in datasets.items()}, path)
+            if datasets["distances"].dtype.kind not in "iuf":
+                raise MatrixFileError(f"{path}: 'distances' must hold real numbers (integers or floats), not "
+                                      f"{_dtype_words(datasets['distances'].dtype)}")
+            arrays: dict[str, Any] = {"distances": datasets["distances"][()]}
+            budget = memory_limit(path.stat().st_size) - sum(ds.size * ds.dtype.itemsize for ds in datasets.values())
+            for name in _LABELS:
+                arrays[name], used = _hdf5_labels(datasets[name], name, path, budget)
+                budget -= used
             if "metadata" in fh.attrs:
-                arrays["metadata"] = fh.attrs["metadata"]
-    except OSError as err:
-        raise MatrixFileError(f"{path}: unreadable HDF5 file ({err})") from err
+                arrays["metadata"] = _hdf5_metadata(fh, path)
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
+        raise MatrixFileError(f"{path}: unreadable HDF5 file ({type(err).__name__}: {err})") from err
     return _from_arrays(arrays, str(path))
 
 
+def _dataset(fh: h5py.File, name: str, path: Path) -> h5py.Dataset:
+    link = fh.get(name, getlink=True)
+    if link is None:
+        raise MatrixFileError(f"{path}: not a wealy distance matrix (missing '{name}')")
+    if not isinstance(link, h5py.HardLink):
+        raise MatrixFileError(f"{path}: '{name}' is a {type(link).__name__}; only datasets stored in the file "
+                              "itself are read")
+    obj = fh[name]
+    if not isinstance(obj, h5py.Dataset):
+        kind = "group" if isinstance(obj, h5py.Group) else type(obj).__name__
+        raise MatrixFileError(f"{path}: '{name}' is a {kind}, not a dataset")
+    if obj.is_virtual or obj.external:
+        raise MatrixFileError(f"{path}: '{name}' keeps its data in other files; only data stored in the file "
+                              "itself is read")
+    if obj.shape is None:
+        raise MatrixFileError(f"{path}: '{name}' holds no data (an empty dataspace)")
+    return obj
+
+
+def _hdf5_labels(ds: h5py.Dataset, name: str, path: Path, budget: int) -> tuple[Any, int]:
+    """A label dataset's values and the bytes its strings took. Variable-length strings live in
+    the file's heap, each at most the file's size: they are read in slices small enough that one
+    slice cannot pass ``budget``, which is checked as they come."""
+    if ds.ndim != 1:
+        raise MatrixFileError(f"{path}: '{name}' must be a 1-D list of labels, got shape {ds.shape}")
+    info = h5py.check_string_dtype(ds.dtype)
+    if info is None:
+        return ds[()], 0
+    if info.length is not None:  # fixed-length strings: already counted in the declared size
+        return ds.asstr()[()], 0
+    step = max(1, min(4096, budget // max(path.stat().st_size, 1)))
+    parts, used = [], 0
+    for start in range(0, ds.shape[0], step):
+        part = ds.asstr()[start:start + step]
+        used += sum(len(x) for x in part) + 64 * len(part)
+        if used > budget:
+            raise MatrixFileError(f"{path}: refused: the strings of '{name}' take more memory than a file this "
+                                  f"size may need ({budget / 2**20:.0f} MiB left); the file is damaged or crafted")
+        parts.append(part)
+    return np.concatenate(parts) if parts else np.array([], dtype=object), used
+
+
+def _hdf5_metadata(fh: h5py.File, path: Path) -> Any:
+    attr = h5py.h5a.open(fh.id, b"metadata")
+    if attr.shape != () or h5py.check_string_dtype(attr.dtype) is None:
+        raise MatrixFileError(f"{path}: the 'metadata' attribute must be one string, got shape {attr.shape} "
+                              f"of {attr.dtype}")
+    return fh.attrs["metadata"]
+
+
 def _from_arrays(arrays: dict[str, Any], source: str) -> DistanceMatrix:
-    required = ("distances", "query_keys", "candidate_keys", "query_cliques", "candidate_cliques")
-    missing = [name for name in required if name not in arrays]
+    missing = [name for name in _REQUIRED if name not in arrays]
     if missing:
         raise MatrixFileError(f"{source}: not a wealy distance matrix (missing {', '.join(missing)})")
+    distances = check_distances(arrays["distances"], source)
+    labels = [_labels(arrays[name], name, source) for name in _LABELS]
     metadata = _parse_metadata(arrays.get("metadata"), source)
     try:
-        return DistanceMatrix(np.asarray(arrays["distances"]), *[list(np.asarray(arrays[n]).tolist())
-                                                                  for n in required[1:]], metadata)
+        return DistanceMatrix(distances, *labels, metadata)
     except MatrixFileError as err:
         raise MatrixFileError(f"{source}: {err}") from err
 
@@ -252,13 +416,18 @@ def _from_arrays(arrays: dict[str, Any], source: str) -> DistanceMatrix:
 def _parse_metadata(value: Any, source: str) -> dict[str, Any]:
     if value is None:
         return {}
-    text = value.item() if isinstance(value, np.ndarray) else value
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        if value.shape != () or value.dtype.kind not in "US":
+            raise MatrixFileError(f"{source}: 'metadata' must be one JSON string, got shape {value.shape} of "
+                                  f"{value.dtype}")
+        value = value.item()
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     try:
-        data = json.loads(str(text))
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise MatrixFileError(f"{source}: metadata is not valid JSON ({err.msg})") from err
+    except RecursionError as err:
+        raise MatrixFileError(f"{source}: metadata nests too deeply to be read") from err
     return data if isinstance(data, dict) else {"value": data}
 
 
@@ -269,16 +438,18 @@ def from_original_layout(obj: Any, source: str = "<pickle>") -> DistanceMatrix:
     missing = [k for k in ("distance_matrix", "query_references", "candidate_references") if k not in obj]
     if missing:
         raise MatrixFileError(f"{source}: not a distance-matrix pickle (missing {', '.join(missing)})")
-    distances = np.asarray(obj["distance_matrix"])
-    if distances.ndim != 2 or not np.issubdtype(distances.dtype, np.number):
-        raise MatrixFileError(f"{source}: 'distance_matrix' must be a 2-D numeric array, "
-                              f"got {distances.dtype} with shape {distances.shape}")
+    distances = check_distances(obj["distance_matrix"], source, "distance_matrix")
     q_keys, q_cliques = _references(obj["query_references"], "matrix_row", distances.shape[0], source)
     c_keys, c_cliques = _references(obj["candidate_references"], "matrix_col", distances.shape[1], source)
-    metadata = obj.get("metadata") or {}
-    if not isinstance(metadata, dict):
+    metadata = obj.get("metadata")
+    if metadata is None:
+        metadata = {}
+    elif not isinstance(metadata, dict):
         metadata = {"value": metadata}
-    metadata = json.loads(json.dumps(metadata, default=_json_default))
+    try:
+        metadata = json.loads(json.dumps(metadata, default=_json_default))
+    except (TypeError, ValueError, RecursionError) as err:
+        raise MatrixFileError(f"{source}: 'metadata' cannot be read as JSON-like data ({err})") from err
     try:
         return DistanceMatrix(distances, q_keys, c_keys, q_cliques, c_cliques, metadata)
     except MatrixFileError as err:
@@ -295,11 +466,17 @@ def _references(refs: Any, index_name: str, n: int, source: str) -> tuple[list[s
     for i, ref in enumerate(refs):
         if not isinstance(ref, dict) or "clique" not in ref or "version" not in ref:
             raise MatrixFileError(f"{source}: reference {i} lacks 'clique'/'version'")
-        index = int(ref.get(index_name, i))
+        index = _plain(ref.get(index_name, i))
+        if type(index) is not int:
+            raise MatrixFileError(f"{source}: reference {i} has a non-integer {index_name} {str(index)[:40]!r}")
         if not 0 <= index < n or keys[index] is not None:
             raise MatrixFileError(f"{source}: reference {i} has a bad or repeated {index_name} {index}")
-        keys[index] = make_key(_plain(ref["clique"]), _plain(ref["version"]))
-        cliques[index] = str(_plain(ref.get("clique_label", ref["clique"])))
+        values = [_plain(ref["clique"]), _plain(ref["version"]), _plain(ref.get("clique_label", ref["clique"]))]
+        if not all(isinstance(v, str | int) for v in values):
+            raise MatrixFileError(f"{source}: reference {i} has a clique or version that is neither a string "
+                                  "nor an integer")
+        keys[index] = make_key(values[0], values[1])
+        cliques[index] = str(values[2])
     return [str(k) for k in keys], [str(c) for c in cliques]
 
 

@@ -346,20 +346,45 @@ def dims_from_transformers_config(config: dict) -> WhisperDims:
     )
 
 
+BIN_HINT = ("Convert it to safetensors where you trust it (transformers' save_pretrained writes "
+            "model.safetensors), or use a directory that has one.")
+
+
+def read_weight_file(file: Path) -> dict[str, Tensor]:
+    """Tensors of one transformers weight file: ``*.safetensors`` (no code can run), or a
+    ``pytorch_model*.bin`` read only through the weights-only loader (code in it is refused)."""
+    file = Path(file)
+    if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(file))
+        except (SafetensorError, OSError) as err:
+            raise UserError(f"{file}: not a readable safetensors file ({err})") from err
+    from wealy_cli.core.safepickle import load_checkpoint
+
+    state = load_checkpoint(file, trust_hint=BIN_HINT)
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise UserError(f"{file}: not a state dict (expected names mapped to tensors)")
+    return state
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """A transformers directory's weight files: safetensors when there are any, else .bin shards."""
+    files = sorted(Path(directory).glob("*.safetensors")) or sorted(Path(directory).glob("pytorch_model*.bin"))
+    if not files:
+        raise UserError(f"{directory}: no *.safetensors or pytorch_model*.bin weights")
+    return files
+
+
 def load_transformers_whisper(directory: Path) -> Whisper:
     """PyTorch Whisper from a transformers checkpoint directory (config.json + safetensors/bin)."""
     directory = Path(directory)
     config = json.loads((directory / "config.json").read_text())
     state: dict[str, Tensor] = {}
-    files = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("pytorch_model*.bin"))
-    if not files:
-        raise UserError(f"{directory}: no *.safetensors or pytorch_model*.bin weights")
-    for file in files:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state.update(load_file(str(file)))
-        else:
-            state.update(torch.load(file, map_location="cpu", weights_only=True))  # never plain pickle
+    for file in weight_files(directory):
+        state.update(read_weight_file(file))
     mapped = {_rename(k, _HF_NAMES): v.float() for k, v in state.items() if k != "proj_out.weight"}
     return _build(dims_from_transformers_config(config), mapped)
 

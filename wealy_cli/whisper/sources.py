@@ -4,12 +4,18 @@ transformers directory, or a Hugging Face hub id (downloaded once into the hub c
 wealy needs two views of the same weights: a CTranslate2 model for fast decoding and a PyTorch
 model for the feature pass. A transformers directory is converted to CTranslate2 once and cached
 under ``WEALY_CACHE`` (default ``~/.cache/wealy``).
+
+A ``pytorch_model.bin`` is a pickle and may carry code. A directory with only ``.bin`` weights is
+first copied (once, cached) with its weights read through the weights-only loader of
+``core.safepickle`` (code is refused) and saved as ``model.safetensors``; transformers and the
+CTranslate2 converter only ever see that copy, so they never unpickle the user's file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 from wealy_cli.core import ui
@@ -31,7 +37,8 @@ def locate_whisper(source: str) -> tuple[Path, Path, str]:
     if (path / "model.bin").is_file():
         return path, path, "ct2"
     if (path / "config.json").is_file():
-        return convert_to_ct2(path), path, "transformers"
+        safe = safetensors_dir(path)
+        return convert_to_ct2(safe), safe, "transformers"
     raise UserError(f"--model {source}: neither a faster-whisper directory (model.bin) "
                     "nor a transformers directory (config.json)")
 
@@ -51,11 +58,51 @@ def cache_dir() -> Path:
     return Path(os.environ.get("WEALY_CACHE", Path.home() / ".cache" / "wealy"))
 
 
+def _cache_name(directory: Path) -> str:
+    """The directory's name plus a digest of its path and files' modification times."""
+    stamp = "".join(f"{p.name}:{p.stat().st_mtime_ns}" for p in sorted(directory.glob("*")) if p.is_file())
+    return f"{directory.name}-{hashlib.sha256(f'{directory.resolve()}|{stamp}'.encode()).hexdigest()[:16]}"
+
+
+def safetensors_dir(directory: Path) -> Path:
+    """``directory`` itself when its weights are safetensors; otherwise a cached copy whose
+    ``pytorch_model*.bin`` weights were read weights-only and saved as ``model.safetensors``
+    (with the configuration and tokenizer files: *.json and *.txt)."""
+    from wealy_cli.whisper.model import read_weight_file, weight_files
+
+    files = weight_files(directory)
+    if files[0].suffix == ".safetensors":
+        return directory
+    out = cache_dir() / "safetensors" / _cache_name(directory)
+    if (out / "model.safetensors").is_file():
+        return out
+    state = {}
+    for file in files:  # refuses code before anything is written
+        state.update(read_weight_file(file))
+    from safetensors.torch import save_file
+
+    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for p in directory.iterdir():
+            if p.is_file() and p.suffix in (".json", ".txt") and not p.name.endswith(".bin.index.json"):
+                shutil.copyfile(p, tmp / p.name)
+        # clone: tied weights share storage, which safetensors does not store
+        save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
+        os.replace(tmp, out)
+    except OSError:
+        if not (out / "model.safetensors").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # another process finished first, or a failure
+    return out
+
+
 def convert_to_ct2(directory: Path) -> Path:
     """A CTranslate2 copy of a transformers Whisper directory, converted once and cached."""
-    stamp = "".join(f"{p.name}:{p.stat().st_mtime_ns}" for p in sorted(directory.glob("*")) if p.is_file())
-    digest = hashlib.sha256(f"{directory.resolve()}|{stamp}".encode()).hexdigest()[:16]
-    out = cache_dir() / "ct2" / f"{directory.name}-{digest}"
+    out = cache_dir() / "ct2" / _cache_name(directory)
     if (out / "model.bin").is_file():
         return out
     if not (directory / "tokenizer.json").is_file():
