@@ -15,7 +15,7 @@ workers, in any order) sums to exactly the same result.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,19 +110,36 @@ def song_distances(a: Tile, b: Tile, topk: int) -> torch.Tensor:
     return 1.0 - best.masked_fill(torch.isinf(best), 0.0).sum(2) / n_pairs
 
 
+Block = tuple[int, int, np.ndarray]  # tile i, tile j (i ≤ j), their (len(i), len(j)) distances
+
+
 def dense_distances(songs: SongSet, topk: int, label: str = "distances") -> np.ndarray:
     """The full (n, n) float32 song distance matrix in the original song order."""
-    out = np.zeros((songs.n, songs.n), dtype=np.float32)
-    pairs = songs.tile_pairs()
+    return assemble_distances(songs, distance_blocks(songs, topk, label=label))
+
+
+def distance_blocks(songs: SongSet, topk: int, rank: int = 0, world: int = 1, label: str = "distances",
+                    check: Callable[[], None] | None = None) -> Iterator[Block]:
+    """The distance blocks of tile pairs rank::world (every pair once, I ≤ J), one at a time;
+    ``check`` is called after every pair (it raises to stop the run)."""
+    pairs = songs.tile_pairs()[rank::world]
     with ui.progress() as bar:
         task = bar.add_task(label, total=len(pairs), status="")
         for i, j in pairs:
-            a, b = songs.tiles[i], songs.tiles[j]
-            block = song_distances(a, b, topk).numpy()
-            out[np.ix_(a.index, b.index)] = block
-            if i != j:
-                out[np.ix_(b.index, a.index)] = block.T
+            yield i, j, song_distances(songs.tiles[i], songs.tiles[j], topk).numpy()
             bar.advance(task)
+            if check is not None:
+                check()
+
+
+def assemble_distances(songs: SongSet, blocks: Iterable[Block]) -> np.ndarray:
+    """The (n, n) matrix in the original song order from the blocks of every tile pair."""
+    out = np.zeros((songs.n, songs.n), dtype=np.float32)
+    for i, j, block in blocks:
+        a, b = songs.tiles[i], songs.tiles[j]
+        out[np.ix_(a.index, b.index)] = block
+        if i != j:
+            out[np.ix_(b.index, a.index)] = block.T
     return out
 
 
@@ -220,9 +237,10 @@ def _sub_tile(songs: SongSet, group: list[int], where: dict[int, tuple[int, int]
 
 def all_against_all(songs: SongSet, topk: int, rank: int = 0, world: int = 1,
                     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                    label: str = "ranking") -> Metrics:
+                    label: str = "ranking", check: Callable[[], None] | None = None) -> Metrics:
     """Exact MAP/MR1/ARP of all songs against all; this worker does tile pairs rank::world and
-    ``reduce`` sums the flat counts over workers (e.g. ``fabric.all_reduce(x, reduce_op="sum")``)."""
+    ``reduce`` sums the flat counts over workers (``Workers.all_reduce``); ``check`` is called
+    after every pair (it raises to stop the run)."""
     if topk < 1:
         raise UserError(f"--topk must be ≥ 1, got {topk}")
     counts = TileCounts(songs, topk)
@@ -232,6 +250,8 @@ def all_against_all(songs: SongSet, topk: int, rank: int = 0, world: int = 1,
         for i, j in pairs:
             counts.add_pair(i, j, topk)
             bar.advance(task)
+            if check is not None:
+                check()
     if reduce is not None and world > 1:
         counts.load_flat(reduce(counts.flat()))
     return counts.result()
