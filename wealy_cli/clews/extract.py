@@ -27,7 +27,6 @@ from wealy_cli.core.audio import AudioError, load_audio
 from wealy_cli.core.datasets import DatasetSplit, Version, load_split
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.launch import launch, resolve_devices
-from wealy_cli.core.lock import run_lock
 from wealy_cli.core.store import StoreWriter
 
 
@@ -191,12 +190,11 @@ def extract_clews(s: ClewsExtractOptions) -> ExtractReport | None:
     split = split_for(s)
     model = load_clews(s.checkpoint)  # checks the checkpoint before the other processes start
     settings = store_settings(s, model.config.zdim)
-    with launch(devices, s.nodes, peer_timeout=s.peer_timeout) as workers:
-        # One run per store: rank 0 locks it, and every rank learns whether it could.
-        with run_lock(s.out, "store", owner=workers.is_main, agree=workers.agree):
-            model = model.to(workers.device)
-            part = _run_part(s, workers.share(split.versions), workers.rank, model, settings, workers.check)
-            parts = workers.gather_object(part)  # every rank has written before rank 0 unlocks
+    with launch(devices, s.nodes, peer_timeout=s.peer_timeout, lock=(s.out, "store")) as workers:  # one run per store
+        workers.check_same([v.key for v in split.versions], "the work list (--dataset, --split, --metadata)")
+        model = model.to(workers.device)
+        part = _run_part(s, workers.share(split.versions), workers.rank, model, settings, workers.check)
+        parts = workers.gather_object(part)
     if parts is None:
         return None
     report = ExtractReport()

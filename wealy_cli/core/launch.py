@@ -31,6 +31,7 @@ exception``, exit -6) after all the work was done.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -40,20 +41,23 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
 from wealy_cli.core import ui
 from wealy_cli.core.errors import UserError
+from wealy_cli.core.lock import is_launcher, read_holder, run_lock
 from wealy_cli.core.settings import Options, option
 
 T = TypeVar("T")
 SPAWNED_ENV = "WEALY_SPAWNED"  # set in the processes this launcher starts itself
 POLL = 0.5  # seconds between two looks of the watch thread
+SHARED_PATIENCE = 10.0  # seconds a shared file system may take to show rank 0's lock file elsewhere
 EXIT_GRACE = 30.0  # seconds a stopped process has to stop by itself before it is ended
 
 
@@ -236,6 +240,38 @@ class Workers:
     def agree(self, value: bool) -> bool:
         """Rank 0's ``value`` everywhere (for ``run_lock(agree=...)``)."""
         return bool(self.broadcast(bool(value)))
+
+    def check_same(self, values: Sequence[str], what: str) -> None:
+        """A UserError on a process whose ``values`` (e.g. the keys of its work list) differ from
+        rank 0's: every node must read the same data, or shares would overlap or miss songs."""
+        if self.world == 1:
+            return
+        digest = hashlib.sha256("\n".join(values).encode()).hexdigest()
+        if self.broadcast(digest) != digest:
+            raise UserError(f"{what} differs from rank 0's ({len(values)} items on {socket.gethostname()}); "
+                            "every node must see the same files")
+
+    @contextmanager
+    def lock(self, directory: Path, what: str, wait: bool = False) -> Iterator[None]:
+        """The run lock of ``directory`` (``core.lock.run_lock``) for the whole run: rank 0 takes
+        it and every rank learns whether it could. Each other rank then checks that it sees the
+        same directory (rank 0's lock file): the processes of a run must share it."""
+        agree = self.agree if self.world > 1 else None
+        with run_lock(directory, what, wait=wait, owner=self.is_main, agree=agree):
+            if self.world > 1:
+                self._check_shared(Path(directory), what)
+            yield
+
+    def _check_shared(self, directory: Path, what: str) -> None:
+        holder = self.broadcast(read_holder(directory) if self.is_main else None)
+        if holder is None or self.is_main:  # no lock file (WEALY_NO_LOCK=1): nothing to compare
+            return
+        deadline = time.monotonic() + SHARED_PATIENCE
+        while read_holder(directory) != holder:
+            if time.monotonic() > deadline:
+                raise UserError(f"{directory}: {socket.gethostname()} does not see the {what} rank 0 locked there "
+                                f"(on {holder.host}); put it on a file system every node shares")
+            time.sleep(0.2)
 
 
 # ---------------------------------------------------------------- the failure watch
@@ -489,23 +525,46 @@ def _fabric(devices: Devices, nodes: int, precision: str, launcher: str | None) 
 
 @contextmanager
 def launch(devices: Devices, nodes: int = 1, *, peer_timeout: float = 120.0, precision: str = "32-true",
-           fabric: bool = False) -> Iterator[Workers]:
+           fabric: bool = False, lock: tuple[Path, str] | None = None) -> Iterator[Workers]:
     """Run the ``with`` body on every process of the run: ``devices.processes`` per node on
     ``nodes`` machines. ``fabric=True`` also builds a Fabric for one process (training needs its
     precision and autocast). Rank 0 is the only one meant to print results and write run files.
+
+    ``lock`` (directory, what) is the run lock of the directory the run writes as a whole: rank 0
+    holds it until every process is done (:meth:`Workers.lock`); when wealy starts the processes
+    itself, it takes it before starting them, so a busy directory is refused at once.
 
     A failure in the body is reported to the other processes, which stop with one line; on
     success the processes meet at the end, then the process group is destroyed."""
     launcher = started_by()
     check_world(devices, nodes, launcher)
-    if devices.processes * nodes == 1:
-        device = torch.device("cuda", 0) if devices.on_gpu else torch.device("cpu")
-        made = _fabric(devices, 1, precision, None) if fabric else None
-        if made is not None:
-            made.launch()
-            device = made.device
-        yield Workers(0, 1, device, made)
-        return
+    with ExitStack() as held:
+        if lock is not None and launcher == "wealy" and is_launcher():
+            held.enter_context(run_lock(*lock))  # re-entrant: Workers.lock takes it again
+        if devices.processes * nodes == 1:
+            run = _one_process(devices, precision, fabric, lock)
+        else:
+            run = _processes(devices, nodes, peer_timeout, precision, lock, launcher)
+        with run as workers:
+            yield workers
+
+
+@contextmanager
+def _one_process(devices: Devices, precision: str, fabric: bool, lock: tuple[Path, str] | None) -> Iterator[Workers]:
+    """The fast path: no process group, no watch."""
+    device = torch.device("cuda", 0) if devices.on_gpu else torch.device("cpu")
+    made = _fabric(devices, 1, precision, None) if fabric else None
+    if made is not None:
+        made.launch()
+        device = made.device
+    workers = Workers(0, 1, device, made)
+    with workers.lock(*lock) if lock is not None else nullcontext():
+        yield workers
+
+
+@contextmanager
+def _processes(devices: Devices, nodes: int, peer_timeout: float, precision: str, lock: tuple[Path, str] | None,
+               launcher: str) -> Iterator[Workers]:
     saved, quiet = dict(os.environ), ui.is_quiet()
     spawned = os.environ.get(SPAWNED_ENV) == "1"
     children = _spawn_local_ranks(devices, nodes) if launcher == "wealy" and "LOCAL_RANK" not in os.environ else []
@@ -520,8 +579,9 @@ def launch(devices: Devices, nodes: int = 1, *, peer_timeout: float = 120.0, pre
         watch = _Watch(made.global_rank, made.world_size, peer_timeout, children, spawned)
         workers = Workers(made.global_rank, made.world_size, made.device, made, watch)
         watch.start()
-        yield workers
-        watch.meet("end")
+        with workers.lock(*lock) if lock is not None else nullcontext():
+            yield workers
+            watch.meet("end")  # every process is done writing before rank 0 unlocks
         watch.stop()
         watch.leave()
         _destroy_process_group()
@@ -552,6 +612,10 @@ def _failed(err: BaseException, workers: Workers | None, children: list[subproce
     if watch is None:  # failed before the run's processes met: nothing to tell
         end_children(children, EXIT_GRACE)
         return err
+    if watch.reason is None and is_communication_error(err):  # a peer ended: its watch may say why
+        deadline = time.monotonic() + 4 * POLL
+        while watch.reason is None and time.monotonic() < deadline:
+            time.sleep(0.05)
     watch.stop()
     if watch.reason is not None or isinstance(err, RunStopped):
         stopped = err if isinstance(err, RunStopped) else watch.stopped()
@@ -573,10 +637,17 @@ def describe_failure(err: BaseException) -> tuple[str, int]:
         return str(err) or type(err).__name__, int(getattr(err, "exit_code", 2))
     if isinstance(err, KeyboardInterrupt):
         return "interrupted; rerun the same command to resume", 130
-    if isinstance(err, torch.distributed.DistError) or "gloo" in str(err).lower() or "nccl" in str(err).lower():
+    if is_communication_error(err):
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return f"lost contact with another process of the run (its process or node may have ended): {first}", 1
     return f"internal error: {type(err).__name__}: {err}", 1
+
+
+def is_communication_error(err: BaseException) -> bool:
+    """A collective that failed because another process went away (gloo/NCCL errors)."""
+    text = str(err).lower()
+    return isinstance(err, torch.distributed.DistError) or (isinstance(err, RuntimeError) and
+                                                            ("gloo" in text or "nccl" in text))
 
 
 def _finish_children(children: list[subprocess.Popen], grace: float) -> None:

@@ -50,7 +50,6 @@ from wealy_cli.core.datasets import DatasetSplit, load_split
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.files import replace_atomically
 from wealy_cli.core.launch import Workers, launch, resolve_devices
-from wealy_cli.core.lock import run_lock
 from wealy_cli.core.store import Store
 from wealy_cli.model.losses import make_loss
 from wealy_cli.model.network import ModelConfig, build_model, count_parameters, save_weights
@@ -317,11 +316,11 @@ def train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: Da
     devices = resolve_devices(opts)
     check_splits(train_split, val_split, opts, devices.processes * opts.nodes)
     with launch(devices, opts.nodes, peer_timeout=opts.peer_timeout, precision=_precision(opts, devices.accelerator),
-                fabric=True) as workers:
-        with run_lock(opts.run_dir(), "training run", owner=workers.is_main, agree=workers.agree):
-            if on_start is not None and workers.is_main:
-                on_start()
-            return _train(opts, store, train_split, val_split, workers)
+                fabric=True, lock=(opts.run_dir(), "training run")) as workers:
+        workers.check_same([*train_split.keys, "", *val_split.keys], "the training and validation versions")
+        if on_start is not None and workers.is_main:
+            on_start()
+        return _train(opts, store, train_split, val_split, workers)
 
 
 def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: DatasetSplit,

@@ -22,7 +22,6 @@ from wealy_cli.core.datasets import DatasetSplit, load_split
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.files import write_atomically
 from wealy_cli.core.launch import Workers, launch, resolve_devices
-from wealy_cli.core.lock import run_lock
 from wealy_cli.core.store import Store, StoreWriter, settings_hash
 from wealy_cli.ranking.chunks import embed_chunks, embedding_groups
 from wealy_cli.ranking.matrixfile import MatrixFormat
@@ -133,8 +132,8 @@ def prepare(opts: ModelOnSplit, cache_root: Path, workers: Workers | None = None
         raise UserError(f"--store {opts.store}: features have dim {features.dim}, the model expects "
                         f"{cfg.input_channels} (--checkpoint/--model and --store do not belong together)")
     model.to(workers.device)
-    agree = workers.agree if workers.world > 1 else None
-    with run_lock(cache_dir, "chunk-embedding cache", wait=True, owner=workers.is_main, agree=agree):
+    workers.check_same(split.keys, "the versions to embed (--store, --dataset, --split, --metadata)")
+    with workers.lock(cache_dir, "chunk-embedding cache", wait=True):
         with StoreWriter(cache_dir, cfg.zdim, writer=f"w{workers.rank}", settings=cache_settings,
                          kind="chunk-embeddings") as writer:
             groups = workers.share(embedding_groups(features, split.keys, opts))

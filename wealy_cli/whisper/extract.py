@@ -27,7 +27,6 @@ from wealy_cli.core.audio import AudioError, load_audio
 from wealy_cli.core.datasets import MissingSplitError, Version, load_split
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.launch import Workers, launch, resolve_devices
-from wealy_cli.core.lock import run_lock
 from wealy_cli.core.store import StoreWriter
 from wealy_cli.whisper.model import Whisper, decoder_rows, load_ct2_whisper, load_transformers_whisper
 from wealy_cli.whisper.options import WhisperExtractOptions
@@ -282,10 +281,11 @@ def extract_whisper(settings: WhisperExtractOptions) -> Summary | None:
     versions = work_list(settings)
     if not versions:
         raise UserError(f"dataset {settings.dataset} split {settings.split}: no versions to extract")
-    with launch(devices, settings.nodes, peer_timeout=settings.peer_timeout) as workers:
-        # One run per store: rank 0 locks it, and every rank learns whether it could.
-        with run_lock(settings.output_dir(), "store", owner=workers.is_main, agree=workers.agree):
-            return _extract_all(settings, versions, workers, devices.on_gpu)
+    # One run per store: rank 0 locks it for the whole run.
+    with launch(devices, settings.nodes, peer_timeout=settings.peer_timeout,
+                lock=(settings.output_dir(), "store")) as workers:
+        workers.check_same([v.key for v in versions], "the work list (--dataset, --split, --metadata, --limit)")
+        return _extract_all(settings, versions, workers, devices.on_gpu)
 
 
 def _extract_all(settings: WhisperExtractOptions, versions: list[Version], workers: Workers,
