@@ -257,6 +257,35 @@ def test_a_bad_input_on_one_node_stops_both_with_one_line(eval_setup, tmp_path):
     assert not (tmp_path / "run" / "results.json").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("features", ["wealy", "clews"])
+def test_distances_shared_by_two_processes_equal_one_process(features, eval_setup, tmp_path):
+    """The tile (CLEWS: block) pairs are shared; rank 0 gathers them and writes the matrix."""
+    from wealy_cli.core.store import StoreWriter
+    from wealy_cli.ranking.matrixfile import read_matrix
+
+    root, _, _ = eval_setup
+    if features == "wealy":
+        args = ["distances", *common(root), "--topk", "2", "--quiet"]
+    else:  # a CLEWS store: songs of 1..6 shingles, so blocks of 2 songs give 10 block pairs
+        rng = np.random.default_rng(3)
+        with StoreWriter(tmp_path / "clews", 6, kind="clews") as writer:
+            for i in range(8):
+                writer.add(f"c{i // 2}/v{i}", rng.normal(size=(1 + i % 6, 6)).astype(np.float16))
+        listing = tmp_path / "clews.csv"
+        listing.write_text("clique,version,path\n" + "".join(f"c{i // 2},v{i},x.mp3\n" for i in range(8)))
+        args = ["distances", "--features", "clews", "--store", tmp_path / "clews", "--dataset", "csv",
+                "--metadata", listing, "--block", "2", "--quiet"]
+    two = run_wealy_process(*args, "-o", tmp_path / "two.npz", "--gpus", "0", "--workers", "2", env=ENV, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stderr.count("wrote ") == 1  # rank 0 alone writes and says so
+    one = run_wealy(*args, "-o", tmp_path / "one.npz")
+    assert one.returncode == 0, one.stderr
+    a, b = read_matrix(tmp_path / "one.npz"), read_matrix(tmp_path / "two.npz")
+    assert a.query_keys == b.query_keys and a.candidate_keys == b.candidate_keys
+    np.testing.assert_allclose(b.distances, a.distances, rtol=0, atol=1e-6)
+
+
 # ---------------------------------------------------------------- processes the launcher starts itself
 
 

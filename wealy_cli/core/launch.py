@@ -58,6 +58,9 @@ T = TypeVar("T")
 SPAWNED_ENV = "WEALY_SPAWNED"  # set in the processes this launcher starts itself
 POLL = 0.5  # seconds between two looks of the watch thread
 SHARED_PATIENCE = 10.0  # seconds a shared file system may take to show rank 0's lock file elsewhere
+# Collectives here never wait for long work (shares meet through the store first), so a
+# collective or a rendezvous that takes this long has lost a process.
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 EXIT_GRACE = 30.0  # seconds a stopped process has to stop by itself before it is ended
 
 
@@ -518,7 +521,7 @@ def _fabric(devices: Devices, nodes: int, precision: str, launcher: str | None) 
     if launcher is None:  # one process
         return Fabric(accelerator=devices.accelerator, devices=1, strategy="auto", precision=precision)
     strategy = DDPStrategy(cluster_environment=_cluster_environment(launcher),
-                           process_group_backend="nccl" if devices.on_gpu else "gloo")
+                           process_group_backend="nccl" if devices.on_gpu else "gloo", timeout=COLLECTIVE_TIMEOUT)
     return Fabric(accelerator=devices.accelerator, devices=devices.processes, num_nodes=nodes, strategy=strategy,
                   precision=precision)
 
@@ -571,7 +574,8 @@ def _processes(devices: Devices, nodes: int, peer_timeout: float, precision: str
     workers = None
     try:
         made = _fabric(devices, nodes, precision, launcher)
-        made.launch()
+        with _children_watched(children):  # a child that dies before the rendezvous must not leave us waiting
+            made.launch()
         if not devices.on_gpu and devices.processes > 1:  # the cores are shared by this node's processes
             torch.set_num_threads(max(1, _cpus() // devices.processes))
         if made.global_rank != 0:
@@ -594,6 +598,32 @@ def _processes(devices: Devices, nodes: int, peer_timeout: float, precision: str
     finally:
         _restore_environment(saved)
         ui.set_quiet(quiet)
+
+
+@contextmanager
+def _children_watched(children: list[subprocess.Popen]) -> Iterator[None]:
+    """While the processes meet (before the watch runs): end the run if a child process dies."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(POLL):
+            for local, child in enumerate(children, start=1):
+                code = child.poll()
+                if code not in (None, 0):
+                    ui.console.print(f"[bold red]error:[/] local rank {local} (pid {child.pid}) ended with "
+                                     f"{exit_text(code)} before the processes met", highlight=False, soft_wrap=True)
+                    end_children(children, 0)
+                    os._exit(1)
+
+    thread = threading.Thread(target=watch, name="wealy-children", daemon=True)
+    if children:
+        thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        if children:
+            thread.join()
 
 
 def _restore_environment(saved: dict[str, str]) -> None:
