@@ -29,9 +29,9 @@ from wealy_cli.model.options import TrainRun
 from wealy_cli.model.training import STATE, train
 
 AUDIO = REPO / "tests" / "data" / "audio"
-# Two cliques of two: each node gets one speech clip and one odd file (a 0.7 s fragment, a text
-# file that fails), so both ranks store items and record a failure.
-SONGS = {"fire/a": "fire.ogg", "odd/t": "truncated.mp3", "fire/b": "fox.mp3", "odd/x": "text.mp3"}
+# Two cliques of two, shared versions[rank::2]: rank 0 gets fire/a and odd/t (a 0.7 s fragment),
+# rank 1 fire/b and odd/x (a text file: a recorded failure).
+SONGS = {"fire/a": "fire.ogg", "fire/b": "fox.mp3", "odd/t": "truncated.mp3", "odd/x": "text.mp3"}
 ENV = {"OMP_NUM_THREADS": "1"}  # the same for the one-process reference and every node
 TORCHRUN_ENV = ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE",
                 "SLURM_JOB_NAME", "MASTER_ADDR")
@@ -168,8 +168,8 @@ def test_a_two_node_run_locks_the_store_once_from_rank_0(extraction):
 def test_a_node_that_dies_stops_the_other_and_a_rerun_resumes(extraction, tmp_path):
     root, csv, _, _ = extraction
     out = tmp_path / "store"
-    args = extract_args(csv, out, "--nodes", "2", "--peer-timeout", "5")
-    nodes = start_nodes([args] * 2, tmp_path / "logs", ENV)
+    args = extract_args(csv, out, "--nodes", "2")
+    nodes = start_nodes([[*args, "--peer-timeout", "10"]] * 2, tmp_path / "logs", ENV)
     deadline = time.monotonic() + 180
     while read_holder(out) is None:  # rank 0 holds the lock: both ranks are in the run
         assert time.monotonic() < deadline and nodes[0].process.poll() is None, nodes[0].stderr
@@ -180,10 +180,9 @@ def test_a_node_that_dies_stops_the_other_and_a_rerun_resumes(extraction, tmp_pa
     assert nodes[0].ended - killed < 60
     assert nodes[0].worker_exit_code() == 1
     (line,) = nodes[0].errors()
-    assert "rank 1 of 2" in line and "no sign of life for 5 s" in line and "rerun to resume" in line
-    assert "Traceback (most recent call last):\n  File \"/" not in nodes[0].stderr.split("error:")[0]
-    done = set(Store(out).keys())
-    assert done < {"fire/a", "fire/b", "odd/t"}  # rank 0's share at most
+    assert "rank 1 of 2" in line and "no sign of life for 10 s" in line and "rerun to resume" in line
+    assert "Traceback" not in nodes[0].stderr.split("error:")[0]  # the worker said one line, no traceback
+    assert set(Store(out).keys()) <= {"fire/a", "odd/t"}  # rank 0's share at most: rank 1's was lost
     rerun = run_nodes([args] * 2, tmp_path / "logs2", ENV)
     assert [n.returncode for n in rerun] == [0, 0], rerun[0].stderr[-3000:]
     assert_same_store(root / "one", out)
@@ -293,9 +292,9 @@ def test_distances_shared_by_two_processes_equal_one_process(features, eval_setu
 def test_a_local_rank_that_dies_stops_rank_0_with_one_line(tmp_path):
     """--workers 2: the launcher starts rank 1 itself; SIGKILL it mid-training and rank 0 says so."""
     store_dir, csv_path = build_separable(tmp_path, train_cliques=24, val_cliques=6)
-    args = train_args(store_dir, csv_path, tmp_path / "run", "--workers", "2", "--batch-size", "4",
-                      "--max-epochs", "200", "--peer-timeout", "10")
-    launcher = subprocess.Popen([sys.executable, "-m", "wealy_cli", *map(str, args)], cwd=REPO, text=True,
+    args = train_args(store_dir, csv_path, tmp_path / "run", "--workers", "2", "--batch-size", "4")
+    launcher = subprocess.Popen([sys.executable, "-m", "wealy_cli", *map(str, args), "--max-epochs", "200",
+                                 "--peer-timeout", "10"], cwd=REPO, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **ENV})
     try:
         deadline = time.monotonic() + 180
@@ -311,6 +310,6 @@ def test_a_local_rank_that_dies_stops_rank_0_with_one_line(tmp_path):
     assert time.monotonic() - killed < 60 and launcher.returncode == 1
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert lines == [f"error: stopped: rank 1 of 2 (pid {child}) ended with signal SIGKILL"], err[-3000:]
-    resumed = run_wealy_process(*[a if a != "200" else "2" for a in args], "--resume", env=ENV, timeout=300)
+    resumed = run_wealy_process(*args, "--max-epochs", "2", "--resume", env=ENV, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert torch.load(tmp_path / "run" / STATE, weights_only=True)["epoch"] == 2

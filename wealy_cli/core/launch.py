@@ -476,6 +476,9 @@ def _own_command() -> list[str]:
     import __main__
 
     spec = getattr(__main__, "__spec__", None)
+    if "pytest" in (spec.name if spec is not None else Path(sys.argv[0]).name):
+        # Started again, the test runner would run the whole test session in every process.
+        raise RuntimeError("several processes need a real 'wealy' process (in tests: run_wealy_process)")
     if spec is not None:
         return [sys.executable, "-m", spec.name, *sys.argv[1:]]
     return [sys.executable, os.path.abspath(sys.argv[0]), *sys.argv[1:]]
