@@ -27,6 +27,7 @@ from wealy_cli.clews.options import ClewsDistanceOptions, parse_redux
 from wealy_cli.core import ui
 from wealy_cli.core.datasets import DatasetSplit, load_split
 from wealy_cli.core.errors import UserError
+from wealy_cli.core.layers import pad_sequences
 from wealy_cli.core.settings import DataSettings
 from wealy_cli.core.store import Store
 from wealy_cli.ranking.matrixfile import DistanceMatrix, MatrixFormat, write_matrix
@@ -88,18 +89,6 @@ def _bpwr(masked: torch.Tensor, k: int) -> torch.Tensor:
 # ---------------------------------------------------------------- streaming over a store
 
 
-def _padded(arrays: Sequence[np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, smax, d) float32 zero-padded tensor and (n, smax) validity mask."""
-    smax = max(a.shape[0] for a in arrays)
-    dim = arrays[0].shape[1]
-    out = np.zeros((len(arrays), smax, dim), np.float32)
-    mask = np.zeros((len(arrays), smax), bool)
-    for i, a in enumerate(arrays):
-        out[i, : a.shape[0]] = a
-        mask[i, : a.shape[0]] = True
-    return torch.from_numpy(out).to(device), torch.from_numpy(mask).to(device)
-
-
 def _read(store: Store, cache: dict[str, np.ndarray] | None, key: str) -> np.ndarray:
     return cache[key] if cache is not None and key in cache else store[key]
 
@@ -142,10 +131,10 @@ def clews_song_distances(
         task = bar.add_task("CLEWS distances", total=n_pairs, status=redux)
         for qb in range(len(qspans)):
             (q0, q1) = qspans[qb]
-            q, qmask = _padded([_read(store, cache, k) for k in qkeys[q0:q1]], device)
+            q, qmask = pad_sequences([_read(store, cache, k) for k in qkeys[q0:q1]], device=device)
             for cb in range(qb if symmetric else 0, len(cspans)):
                 (c0, c1) = cspans[cb]
-                c, cmask = _padded([_read(store, cache, k) for k in ckeys[c0:c1]], device)
+                c, cmask = pad_sequences([_read(store, cache, k) for k in ckeys[c0:c1]], device=device)
                 valid = qmask[:, None, :, None] & cmask[None, :, None, :]
                 red = reduce_pairs(block_distances(q, c), redux, valid).cpu().numpy()
                 ordered[q0:q1, c0:c1] = red

@@ -50,6 +50,7 @@ from wealy_cli.core.datasets import DatasetSplit, load_split
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.files import replace_atomically
 from wealy_cli.core.launch import Devices, resolve_devices
+from wealy_cli.core.layers import pad_sequences
 from wealy_cli.core.lock import run_lock
 from wealy_cli.core.store import Store
 from wealy_cli.model.losses import make_loss
@@ -136,13 +137,7 @@ class FirstChunkDataset(Dataset):
 
 def collate(batch: list[tuple[list[np.ndarray], list[int], list[int]]]) -> dict[str, torch.Tensor]:
     """Pad to the longest sequence (at least one row): x (N, T, d) float32, mask (N, T)."""
-    seqs = [s for rows, _, _ in batch for s in rows]
-    T = max(1, max(len(s) for s in seqs))
-    x = torch.zeros(len(seqs), T, seqs[0].shape[1])
-    mask = torch.zeros(len(seqs), T, dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        x[i, : len(s)] = torch.from_numpy(np.asarray(s, dtype=np.float32))
-        mask[i, : len(s)] = True
+    x, mask = pad_sequences([s for rows, _, _ in batch for s in rows], min_length=1)
     labels = torch.tensor([label for _, ls, _ in batch for label in ls])
     ids = torch.tensor([i for _, _, ids in batch for i in ids])
     return {"x": x, "mask": mask, "labels": labels, "ids": ids}
