@@ -155,16 +155,16 @@ class _Pending:
 
 def extract_share(settings: WhisperExtractOptions, versions: list[Version], rank: int = 0,
                   device: torch.device | None = None, threads: int = 0,
-                  decode: DecodeOptions | None = None) -> Summary:
+                  decode: DecodeOptions | None = None, models: LoadedModels | None = None) -> Summary:
     """Extract ``versions`` (this worker's share) into the store with writer ``w<rank>``.
 
-    ``decode`` replaces the decoding options the settings imply (language and prompt with
-    Whisper's defaults): for measurements such as benchmarks/gpu_check.py, never for a store
-    whose content must follow its recorded settings."""
+    For measurements (benchmarks/gpu_check.py), never for a store whose content must follow its
+    recorded settings: ``decode`` replaces the decoding options the settings imply (language and
+    prompt with Whisper's defaults), and ``models`` (from :func:`load_models`) skips loading."""
     start = time.perf_counter()
     device = device or torch.device("cpu")
     summary = Summary(total=len(versions))
-    models = load_models(settings, device, threads)
+    models = models or load_models(settings, device, threads)
     dim = models.network.dims.n_text_state if settings.features == "decoder" else models.network.dims.n_audio_state
     options = decode or DecodeOptions(language=settings.language, initial_prompt=settings.prompt or None)
     pending: list[_Pending] = []

@@ -48,7 +48,7 @@ class DecodeOptions:
     prompt_reset_on_temperature: float = 0.5
     best_of: int = 5
     seed: int = 0  # mixed with each window's content into the seed of its temperature fallback
-    max_new_tokens: int | None = None  # tokens generated per window at most (None: up to Whisper's 448 in all)
+    max_new_tokens: int | None = None  # tokens generated per window at most (None: Whisper's limit, 224)
 
 
 @dataclass
@@ -195,8 +195,8 @@ class _Song:
         fx = model.feature_extractor
         generated = list(decoded.sequences_ids[0])
         fed = step.prompt + generated
-        if len(fed) >= max_length(model, len(step.prompt), options):  # stopped by the length limit:
-            fed = fed[:-1]  # the last token was generated but never fed
+        if len(generated) >= generation_limits(model, len(step.prompt), options)[1]:  # stopped by the
+            fed = fed[:-1]  # length limit (no end-of-text): the last token was generated, never fed
         window = Window(step.time_offset, step.time_offset + step.segment_size * fx.time_per_frame, step.mel, fed,
                         len(step.prompt), "", temperature, no_speech=False, audio_features=audio_features)
         self.transcript.windows.append(window)
@@ -226,7 +226,7 @@ def _decode_round(model: Transcriber, songs: list[_Song], options: DecodeOptions
     for steps in groups.values():
         encoded, kept = _encode(model, [s.mel for s in steps])
         fw_options = steps[0].song.fw_options  # suppressed tokens are the same for every language
-        limit = max_length(model, len(steps[0].prompt), options)  # one prompt length per group
+        limit, _ = generation_limits(model, len(steps[0].prompt), options)  # one prompt length per group
         results = model.model.generate(encoded, [s.prompt for s in steps],
                                        **_generate_arguments(model, fw_options, 0.0, limit))
         for i, (step, result) in enumerate(zip(steps, results)):
@@ -259,7 +259,7 @@ def _with_fallback(model: Transcriber, step: _Step, greedy, encoded_window, opti
         window = encoded_window()
         for temperature in fw.temperatures[1:]:
             (result,) = sampler.generate(window, [step.prompt], **_generate_arguments(
-                model, fw, temperature, max_length(model, len(step.prompt), options)))
+                model, fw, temperature, generation_limits(model, len(step.prompt), options)[0]))
             tried.append((result, *_verdict(result, tokenizer, fw), temperature))
             if not tried[-1][3]:
                 return result, tried[-1][1], temperature
@@ -284,12 +284,18 @@ def _storage(array: np.ndarray) -> ctranslate2.StorageView:
     return ctranslate2.StorageView.from_array(np.ascontiguousarray(array))
 
 
-def max_length(model: WhisperModel, prompt_length: int, options: DecodeOptions) -> int:
-    """Length (prompt + generated) at which decoding of a window stops: Whisper's limit, or
-    ``max_new_tokens`` after the prompt when that comes first (faster-whisper's rule, capped)."""
-    if options.max_new_tokens is None:
-        return model.max_length
-    return min(model.max_length, prompt_length + options.max_new_tokens)
+def generation_limits(model: WhisperModel, prompt_length: int, options: DecodeOptions) -> tuple[int, int]:
+    """(``max_length`` for CTranslate2's ``generate``, the most tokens it then generates).
+
+    CTranslate2's Whisper generates at most min(max_length // 2, max_length − prompt_length + 1)
+    tokens (openai's rule: half the 448-token text context, and what the context has left). A
+    window that generated that many stopped at the limit, not at an end-of-text. With
+    ``max_new_tokens`` below that, max_length is chosen so the rule gives exactly it."""
+    most = min(model.max_length // 2, model.max_length - prompt_length + 1)
+    wanted = options.max_new_tokens
+    if wanted is None or wanted >= most:
+        return model.max_length, most
+    return max(2 * wanted, wanted + prompt_length - 1), wanted
 
 
 def _generate_arguments(model: WhisperModel, fw: TranscriptionOptions, temperature: float,
