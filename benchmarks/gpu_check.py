@@ -379,6 +379,7 @@ def step_turbo(ctx: Context, result: StepResult) -> None:
     ctx.sync()
     replica_seconds = time.perf_counter() - start
     del replica
+    decode_s, feature_s = _split_times(ctx, models, versions[1:3], decode, batch)
     windows = _stored_windows(ctx.work / "s2")
     generated = [len(w["tokens"]) - w["prompt_tokens"] + 1 for w in windows]  # the last one is never fed
     speed = summary.audio_seconds / wall
@@ -393,7 +394,8 @@ def step_turbo(ctx: Context, result: StepResult) -> None:
         "prompt tokens per window (mean)": round(statistics.mean(w["prompt_tokens"] for w in windows), 1),
         "build s": round(built, 1), "CTranslate2 conversion s": round(converted, 1), "model load s": round(loaded, 1),
         "wall s": round(wall, 2), "audio s/s": round(speed, 1), "failed": summary.failed,
-        "fallback replica load s (per fallback window, not in audio s/s)": round(replica_seconds, 2)})
+        "fallback replica load s (per fallback window, not in audio s/s)": round(replica_seconds, 2),
+        "share of time in the PyTorch feature pass (2 songs)": round(feature_s / (decode_s + feature_s), 3)})
     if ctx.cuda:
         free, total = torch.cuda.mem_get_info()
         result.figures["PyTorch peak GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -404,6 +406,25 @@ def step_turbo(ctx: Context, result: StepResult) -> None:
     result.check("large-v3-turbo audio s/s", round(speed, 1), f"≥ {TARGETS['turbo audio s/s']:g}",
                  speed >= TARGETS["turbo audio s/s"] if ctx.judge_speed else None)
     del models
+
+
+def _split_times(ctx: Context, models: Any, versions: list[Any], decode: Any, batch: int) -> tuple[float, float]:
+    """Seconds of CTranslate2 decoding and of the PyTorch feature pass (which runs the encoder
+    again on GPUs) for a few songs: where the time of the figure above goes."""
+    from wealy_cli.core.audio import load_audio
+    from wealy_cli.whisper.extract import window_features
+    from wealy_cli.whisper.transcribe import transcribe_many
+
+    songs = [(v.key, load_audio(v.path, 300.0)) for v in versions]
+    ctx.sync()
+    start = time.perf_counter()
+    decoded = dict(transcribe_many(models.transcriber, songs, decode, batch,
+                                   keep_encoder_output=models.reuse_encoder_output))
+    decode_s = time.perf_counter() - start
+    start = time.perf_counter()
+    window_features(models.network, [w for key, _ in songs for w in decoded[key].windows], "decoder", batch)
+    ctx.sync()
+    return decode_s, time.perf_counter() - start
 
 
 def _stored_windows(store_dir: Path) -> list[dict[str, Any]]:
