@@ -119,17 +119,18 @@ def count_at_or_below(thresholds: torch.Tensor, distances: torch.Tensor, exclude
 
     For every candidate, a binary search finds the first threshold it does not exceed; it
     counts for that threshold and all larger ones (cumulative histogram). Counts of disjoint
-    candidate sets add up, so a row may be given in pieces (column tiles, several workers)."""
+    candidate sets add up, so a row may be given in pieces (column tiles, several workers).
+    Runs on the device of ``distances`` (the counts come back there)."""
     b, m = distances.shape
     r_max = thresholds.shape[1]
     exact32 = distances.dtype in (torch.float16, torch.bfloat16, torch.float32)
     d = distances.to(torch.float32 if exact32 else torch.float64)
     d = torch.nan_to_num(d, nan=math.inf, posinf=math.inf, neginf=-math.inf)
-    first_at = torch.searchsorted(thresholds.to(d.dtype).contiguous(), d.contiguous(), side="left")
+    first_at = torch.searchsorted(thresholds.to(d.device, d.dtype).contiguous(), d.contiguous(), side="left")
     if exclude is not None:
-        first_at.masked_fill_(exclude, r_max)  # lands in the overflow bin, never counted
-    hist = torch.zeros((b, r_max + 1), dtype=torch.int64)
-    hist.scatter_add_(1, first_at, torch.ones((1, 1), dtype=torch.int64).expand(b, m))
+        first_at.masked_fill_(exclude.to(d.device), r_max)  # lands in the overflow bin, never counted
+    hist = torch.zeros((b, r_max + 1), dtype=torch.int64, device=d.device)
+    hist.scatter_add_(1, first_at, torch.ones((1, 1), dtype=torch.int64, device=d.device).expand(b, m))
     return hist.cumsum(1)[:, :r_max]
 
 

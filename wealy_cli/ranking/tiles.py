@@ -10,10 +10,15 @@ matrix is symmetric, so only half of the products are computed. For each tile ro
 adds, per relevant threshold, how many non-relevant candidates are at or below it
 (``metrics.count_at_or_below``); the counts are integers, so any split of the tile pairs (over
 workers, in any order) sums to exactly the same result.
+
+On a GPU (``device="cuda"``) the tiles, the products and the counts stay on the device; products
+are plain float32 (no TF32), so distances match the CPU's to rounding and the counts are the
+CPU's except for candidates within rounding of a relevant distance.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -44,6 +49,13 @@ class Tile:
     valid: torch.Tensor  # (a, C) bool
     n_chunks: torch.Tensor  # (a,)
     clique_ids: torch.Tensor  # (a,)
+
+    def to(self, device: str | torch.device | None) -> Tile:
+        """This tile with its tensors on ``device`` (itself when they are there already)."""
+        if device is None or torch.device(device) == self.chunks.device:
+            return self
+        return Tile(self.index, self.chunks.to(device), self.valid.to(device), self.n_chunks.to(device),
+                    self.clique_ids.to(device))
 
 
 class SongSet:
@@ -84,6 +96,10 @@ class SongSet:
             yield Tile(index, chunks, valid, n_chunks, torch.from_numpy(self.clique_ids[index]))
             start = stop
 
+    def on(self, device: str | torch.device | None) -> list[Tile]:
+        """The tiles with their tensors on ``device`` (None: where they are, the CPU)."""
+        return [tile.to(device) for tile in self.tiles]
+
     def tile_pairs(self) -> list[tuple[int, int]]:
         return [(i, j) for i in range(len(self.tiles)) for j in range(i, len(self.tiles))]
 
@@ -110,15 +126,30 @@ def song_distances(a: Tile, b: Tile, topk: int) -> torch.Tensor:
     return 1.0 - best.masked_fill(torch.isinf(best), 0.0).sum(2) / n_pairs
 
 
-def dense_distances(songs: SongSet, topk: int, label: str = "distances") -> np.ndarray:
-    """The full (n, n) float32 song distance matrix in the original song order."""
+@contextlib.contextmanager
+def exact_float32() -> Iterator[None]:
+    """float32 products computed as float32 (no TF32 on GPUs, no bfloat16 passes on CPUs) while
+    distances are ranked: a GPU run must rank as the CPU does."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def dense_distances(songs: SongSet, topk: int, label: str = "distances",
+                    device: str | torch.device | None = None) -> np.ndarray:
+    """The full (n, n) float32 song distance matrix in the original song order, computed on
+    ``device`` (default: the CPU)."""
     out = np.zeros((songs.n, songs.n), dtype=np.float32)
     pairs = songs.tile_pairs()
-    with ui.progress() as bar:
+    tiles = songs.on(device)
+    with ui.progress() as bar, exact_float32():
         task = bar.add_task(label, total=len(pairs), status="")
         for i, j in pairs:
-            a, b = songs.tiles[i], songs.tiles[j]
-            block = song_distances(a, b, topk).numpy()
+            a, b = tiles[i], tiles[j]
+            block = song_distances(a, b, topk).cpu().numpy()
             out[np.ix_(a.index, b.index)] = block
             if i != j:
                 out[np.ix_(b.index, a.index)] = block.T
@@ -130,22 +161,24 @@ def dense_distances(songs: SongSet, topk: int, label: str = "distances") -> np.n
 
 
 class TileCounts:
-    """Relevant thresholds and non-relevant counts of every tile's rows (see module doc)."""
+    """Relevant thresholds and non-relevant counts of every tile's rows (see module doc), on
+    ``device`` (default: the CPU)."""
 
-    def __init__(self, songs: SongSet, topk: int) -> None:
+    def __init__(self, songs: SongSet, topk: int, device: str | torch.device | None = None) -> None:
         self.songs = songs
-        relevant = _relevant_distances(songs, topk)
+        self.tiles = songs.on(device)
+        relevant = _relevant_distances(songs, topk, tiles=self.tiles)
         self.thresholds: list[torch.Tensor] = []
         self.r_count: list[torch.Tensor] = []
         self.counts: list[torch.Tensor] = []
-        for tile in songs.tiles:
+        for tile in self.tiles:
             padded, r = pad_thresholds([relevant[s] for s in tile.index])
-            self.thresholds.append(padded.to(torch.float32))
+            self.thresholds.append(padded.to(tile.chunks.device, torch.float32))
             self.r_count.append(r)
-            self.counts.append(torch.zeros(padded.shape, dtype=torch.int64))
+            self.counts.append(torch.zeros(padded.shape, dtype=torch.int64, device=tile.chunks.device))
 
     def add_pair(self, i: int, j: int, topk: int) -> None:
-        a, b = self.songs.tiles[i], self.songs.tiles[j]
+        a, b = self.tiles[i], self.tiles[j]
         block = song_distances(a, b, topk)
         same = a.clique_ids[:, None] == b.clique_ids[None, :]  # relevant or the song itself
         self.counts[i] += count_at_or_below(self.thresholds[i], block, same)
@@ -165,6 +198,7 @@ class TileCounts:
     def result(self) -> Metrics:
         parts = []
         for tile, counts, r in zip(self.songs.tiles, self.counts, self.r_count):
+            counts = counts.cpu()
             keep = r > 0
             if not keep.any():
                 continue
@@ -178,10 +212,13 @@ class TileCounts:
         return Metrics.from_per_query(ap, first, rp, qidx, skipped)
 
 
-def _relevant_distances(songs: SongSet, topk: int, budget: int = TILE_ROWS) -> list[np.ndarray]:
-    """For each song, its distances to the other songs of its clique. Small cliques are batched
-    into one block (only its diagonal blocks are used): many tiny products cost more in call
-    overhead than the few wasted values."""
+def _relevant_distances(songs: SongSet, topk: int, budget: int = TILE_ROWS,
+                        tiles: list[Tile] | None = None) -> list[np.ndarray]:
+    """For each song, its distances to the other songs of its clique, computed from ``tiles``
+    (``songs.tiles`` moved to a device, or themselves). Small cliques are batched into one block
+    (only its diagonal blocks are used): many tiny products cost more in call overhead than the
+    few wasted values."""
+    tiles = songs.tiles if tiles is None else tiles
     out: list[np.ndarray] = [np.zeros(0, np.float32)] * songs.n
     members: dict[int, list[int]] = {}
     for s in songs.order:  # tile order
@@ -192,7 +229,7 @@ def _relevant_distances(songs: SongSet, topk: int, budget: int = TILE_ROWS) -> l
         rows = sum(len(g) for g in batch) + len(group)
         if batch and (not group or rows * int(songs.n_chunks[sum(batch + [group], [])].max()) > budget):
             flat = sum(batch, [])
-            d = song_distances(*(2 * [_sub_tile(songs, flat, where)]), topk).numpy()
+            d = song_distances(*(2 * [_sub_tile(songs, flat, where, tiles)]), topk).cpu().numpy()
             start = 0
             for g in batch:
                 block = d[start:start + len(g), start:start + len(g)]
@@ -205,29 +242,32 @@ def _relevant_distances(songs: SongSet, topk: int, budget: int = TILE_ROWS) -> l
     return out
 
 
-def _sub_tile(songs: SongSet, group: list[int], where: dict[int, tuple[int, int]]) -> Tile:
+def _sub_tile(songs: SongSet, group: list[int], where: dict[int, tuple[int, int]], tiles: list[Tile]) -> Tile:
     width = int(songs.n_chunks[group].max())
-    dim = songs.tiles[0].chunks.shape[2]
-    chunks = torch.zeros((len(group), width, dim))
+    dim = tiles[0].chunks.shape[2]
+    device = tiles[0].chunks.device
+    chunks = torch.zeros((len(group), width, dim), device=device)
     for row, s in enumerate(group):
         t, r = where[s]
         n = int(songs.n_chunks[s])
-        chunks[row, :n] = songs.tiles[t].chunks[r, :n]
-    n_chunks = torch.from_numpy(songs.n_chunks[group])
-    return Tile(np.asarray(group), chunks, torch.arange(width)[None, :] < n_chunks[:, None], n_chunks,
-                torch.from_numpy(songs.clique_ids[group]))
+        chunks[row, :n] = tiles[t].chunks[r, :n]
+    n_chunks = torch.from_numpy(songs.n_chunks[group]).to(device)
+    return Tile(np.asarray(group), chunks, torch.arange(width, device=device)[None, :] < n_chunks[:, None], n_chunks,
+                torch.from_numpy(songs.clique_ids[group]).to(device))
 
 
 def all_against_all(songs: SongSet, topk: int, rank: int = 0, world: int = 1,
                     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                    label: str = "ranking") -> Metrics:
-    """Exact MAP/MR1/ARP of all songs against all; this worker does tile pairs rank::world and
-    ``reduce`` sums the flat counts over workers (e.g. ``fabric.all_reduce(x, reduce_op="sum")``)."""
+                    label: str = "ranking", device: str | torch.device | None = None) -> Metrics:
+    """Exact MAP/MR1/ARP of all songs against all, computed on ``device`` (default: the CPU);
+    this worker does tile pairs rank::world and ``reduce`` sums the flat counts over workers
+    (e.g. ``fabric.all_reduce(x, reduce_op="sum")``)."""
     if topk < 1:
         raise UserError(f"--topk must be ≥ 1, got {topk}")
-    counts = TileCounts(songs, topk)
+    with exact_float32():
+        counts = TileCounts(songs, topk, device)
     pairs = songs.tile_pairs()[rank::world]
-    with ui.progress() as bar:
+    with ui.progress() as bar, exact_float32():
         task = bar.add_task(label, total=len(pairs), status=f"{songs.n} songs, {len(songs.tiles)} tiles")
         for i, j in pairs:
             counts.add_pair(i, j, topk)

@@ -193,7 +193,7 @@ def _evaluate(opts: EvaluateRun, rank: int, world: int, barrier: Callable[[], No
     start = time.perf_counter()
     output = opts.run_dir()
     prep = prepare(opts, Path(opts.cache or output / "cache"), rank, world, barrier, device, agree)
-    metrics = all_against_all(prep.songs, opts.topk, rank, world, reduce)
+    metrics = all_against_all(prep.songs, opts.topk, rank, world, reduce, device=device)
     seconds = time.perf_counter() - start
     info = {**summary(prep.songs), "model": str(prep.model_path), "cache": str(prep.cache_dir),
             "songs without features": len(prep.skipped_empty), "workers": world}
@@ -242,7 +242,7 @@ def write_distances(opts: DistancesRun, fmt: MatrixFormat, memory_limit: int | N
     path = Path(opts.output)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     prep = prepare(opts, Path(opts.cache or path.parent / "cache"), device=device)
-    dist = dense_distances(prep.songs, opts.topk)
+    dist = dense_distances(prep.songs, opts.topk, device=device)
     meta = {"model": str(prep.model_path), "dataset": opts.dataset, "split": opts.split, "topk": opts.topk,
             "chunk": opts.chunk, "overlap": opts.overlap, "distance": "mean of topk smallest chunk cosine distances"}
     matrix = DistanceMatrix.square(dist, prep.split.keys, prep.split.cliques, meta)
