@@ -165,8 +165,9 @@ def combine(distances: Sequence[np.ndarray], weights: Sequence[float]) -> np.nda
     return out
 
 
-def fuse_grid(aligned: Alignment, alphas: Sequence[float], method: Normalization = "none") -> list[FusionRow]:
-    """Metrics of every weight combination (see module docstring)."""
+def fuse_grid(aligned: Alignment, alphas: Sequence[float], method: Normalization = "none",
+              ties: str = "expected") -> list[FusionRow]:
+    """Metrics of every weight combination (see module docstring), ties ranked by ``ties``."""
     from wealy_cli.ranking.metrics import retrieval_metrics  # torch: imported when needed
 
     own = own_entries(aligned.query_keys, aligned.candidate_keys)
@@ -178,7 +179,7 @@ def fuse_grid(aligned: Alignment, alphas: Sequence[float], method: Normalization
         for weights in grid:
             bar.update(task, status=", ".join(f"{w:g}" for w in weights))
             m = retrieval_metrics(combine(normed, weights), aligned.query_cliques, aligned.candidate_cliques,
-                                  aligned.query_keys, aligned.candidate_keys)
+                                  aligned.query_keys, aligned.candidate_keys, ties=ties)
             rows.append(FusionRow(tuple(weights), m.to_dict()))
             bar.advance(task)
     return rows
@@ -194,7 +195,7 @@ def best_row(rows: Sequence[FusionRow]) -> int:
 
 def write_csv(path: Path, rows: Sequence[FusionRow], names: Sequence[str]) -> Path:
     weight_cols = [f"weight_{n}" for n in names[1:]]
-    metric_cols = ["map", "map_ci", "mr1", "mr1_ci", "arp", "arp_ci", "n_queries"]
+    metric_cols = ["map", "map_ci", "mr1", "mr1_ci", "arp", "arp_ci", "n_queries", "ties"]
     best = best_row(rows)
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)

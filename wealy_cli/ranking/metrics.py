@@ -1,27 +1,36 @@
 """Retrieval metrics of a distance matrix: MAP, MR1, ARP and their 95 % intervals.
 
-Every query is a version; its relevant candidates are the other versions of its clique.
+Every query is a version; its relevant candidates are the other versions of its clique
+(R of them); N is the number of candidates, the query's own entry included.
 
 - The query's own entry (the candidate with the same key; without keys, the diagonal of a
-  square matrix) is ranked last and is not relevant: it never counts above anything and is
-  not counted among the non-relevant candidates.
-- Ties: candidates are ordered by (distance, relevant after non-relevant, candidate index).
-  This is pessimistic: a relevant candidate tied with a non-relevant one is ranked below it,
-  so a constant matrix never scores above chance. NaN distances count as +inf.
-- AP    = (1/R) Σ_k k / pos_k, pos_k the 1-based rank of the k-th relevant candidate (uncapped).
-- MR1   = mean over queries of pos_1 (lower is better).
+  square matrix) is ranked last and is not relevant, as in the reference code (sony/clews
+  ``lib/eval.py``: the query stays in the list at distance +inf): it never counts above a
+  relevant candidate, but it is one of the M = N − R non-relevant items of ARP's denominator.
+- Ties (``ties``): ``"expected"`` (default) is the expected value over all orders of tied
+  candidates (McSherry & Najork, ECIR 2008): exact, deterministic, independent of candidate
+  order, and a constant matrix scores exactly chance. ``"pessimistic"`` ranks a relevant
+  candidate after every non-relevant one it ties with (a lower bound). NaN counts as +inf.
+- AP    = (1/R) Σ_k rel_k · precision@k (uncapped).
+- MR1   = mean over queries of the 1-based rank of the first relevant candidate (lower is better).
 - ARP   = mean over queries of: mean over relevant candidates of
-          (non-relevant candidates ranked above it) / (all non-relevant candidates) × 100.
-          (0 is perfect; a query with no non-relevant candidate has 0.)
-- 95 % interval half-width: 1.96 · std / √n (population std, n = evaluated queries).
+          (non-relevant candidates ranked above it) / M × 100 (0 is perfect).
+- 95 % interval half-width: 1.96 · std / √n, std unbiased (ddof 1), n = evaluated queries.
 - Queries without any relevant candidate are skipped and counted in ``n_skipped``.
 
+Expected values walk the tie groups of a query in order: a group of n candidates, r of them
+relevant, comes after c candidates of which t are relevant. The group adds to AP's precision
+sum Σ_{j=1..n} (r/n)·(t + 1 + (j−1)(r−1)/(n−1)) / (c + j); MR1 is c + (n + 1)/(r + 1) for the
+first group with r > 0; each relevant candidate of the group has (c − t) + (n − r)/2
+non-relevant candidates above it.
+
 The ranks are computed per block of queries without sorting whole rows: sort only the R
-relevant distances of a query, then for every candidate find (binary search) how many
-relevant thresholds it is below; a cumulative histogram gives, for each relevant candidate,
-how many candidates are at or below its distance. Cost O(n log R) per query.
+relevant distances of a query (the thresholds), then for every candidate find (binary search)
+which thresholds it is below or equal to; cumulative histograms give, per threshold, how many
+non-relevant candidates are strictly below it and how many tie with it. Both are integers, so
+counts of disjoint candidate sets add up exactly (column tiles, several workers).
 :class:`RankAccumulator` takes row blocks as they are produced; ``tiles.py`` feeds
-``count_at_or_below`` tile by tile so that no full matrix is ever held.
+``count_below_and_tied`` tile by tile so that no full matrix is ever held.
 """
 
 from __future__ import annotations
@@ -29,13 +38,26 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from wealy_cli.core.errors import UserError
+
 Z95 = 1.96
 BLOCK_ELEMENTS = 2**24  # distances per query block (64 MB of float32)
+Ties = Literal["expected", "pessimistic"]
+TIES: tuple[str, ...] = ("expected", "pessimistic")
+DIRECT_SUM_MAX = 64  # tie groups up to this size sum their terms; larger ones use digamma
+_DIRECT_ITEMS = 2**14  # relevant candidates per direct-sum batch (memory bound)
+
+
+def check_ties(ties: str) -> Ties:
+    """``ties`` if it is a known rule, else a UserError naming ``--ties``."""
+    if ties not in TIES:
+        raise UserError(f"--ties {ties!r}: choose {' or '.join(TIES)}")
+    return ties  # type: ignore[return-value]
 
 
 @dataclass
@@ -50,26 +72,29 @@ class Metrics:
     arp_ci: float
     n_queries: int
     n_skipped: int = 0
+    ties: str = "expected"
     ap: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
-    first_rank: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    first_rank: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)  # expected: fractional
     rp: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)  # per-query ARP (%)
     query_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """The aggregate figures (JSON-safe); per-query arrays are left out."""
+        """The aggregate figures (JSON-safe) and the tie rule; per-query arrays are left out."""
         return {
             "map": self.map, "map_ci": self.map_ci,
             "mr1": self.mr1, "mr1_ci": self.mr1_ci,
             "arp": self.arp, "arp_ci": self.arp_ci,
             "n_queries": self.n_queries, "n_skipped": self.n_skipped,
+            "ties": self.ties,
         }
 
     @classmethod
     def from_per_query(cls, ap: np.ndarray, first_rank: np.ndarray, rp: np.ndarray,
-                       query_index: np.ndarray | None = None, n_skipped: int = 0) -> Metrics:
+                       query_index: np.ndarray | None = None, n_skipped: int = 0,
+                       ties: str = "expected") -> Metrics:
         """Aggregate per-query values (e.g. gathered from several workers)."""
         ap = np.asarray(ap, dtype=np.float64)
-        first_rank = np.asarray(first_rank, dtype=np.int64)
+        first_rank = np.asarray(first_rank, dtype=np.float64)
         rp = np.asarray(rp, dtype=np.float64)
         if query_index is None:
             query_index = np.arange(len(ap), dtype=np.int64)
@@ -78,7 +103,7 @@ class Metrics:
         return cls(
             map=_mean(ap), mr1=_mean(first_rank), arp=_mean(rp),
             map_ci=_ci(ap), mr1_ci=_ci(first_rank), arp_ci=_ci(rp),
-            n_queries=n, n_skipped=int(n_skipped),
+            n_queries=n, n_skipped=int(n_skipped), ties=ties,
             ap=ap[order], first_rank=first_rank[order], rp=rp[order],
             query_index=np.asarray(query_index, dtype=np.int64)[order],
         )
@@ -89,7 +114,10 @@ def _mean(x: np.ndarray) -> float:
 
 
 def _ci(x: np.ndarray) -> float:
-    return float(Z95 * np.std(np.asarray(x, dtype=np.float64)) / math.sqrt(len(x))) if len(x) else float("nan")
+    """1.96 · unbiased std / √n, as the reference test.py (torch ``.std()``); NaN below 2 values."""
+    if len(x) < 2:
+        return float("nan")
+    return float(Z95 * np.std(np.asarray(x, dtype=np.float64), ddof=1) / math.sqrt(len(x)))
 
 
 def comp(metrics: Metrics) -> float:
@@ -113,38 +141,99 @@ def pad_thresholds(thresholds: Sequence[np.ndarray]) -> tuple[torch.Tensor, torc
     return padded, r_count
 
 
-def count_at_or_below(thresholds: torch.Tensor, distances: torch.Tensor, exclude: torch.Tensor | None
-                      ) -> torch.Tensor:
-    """(b, R) counts: candidates of each row, not excluded, with distance ≤ each threshold.
+def count_below_and_tied(thresholds: torch.Tensor, distances: torch.Tensor, exclude: torch.Tensor | None
+                         ) -> torch.Tensor:
+    """(2, b, R) int64 counts of candidates of each row, not excluded: [0] strictly below each
+    threshold, [1] equal to it.
 
-    For every candidate, a binary search finds the first threshold it does not exceed; it
-    counts for that threshold and all larger ones (cumulative histogram). Counts of disjoint
-    candidate sets add up, so a row may be given in pieces (column tiles, several workers).
-    Runs on the device of ``distances`` (the counts come back there)."""
+    For every candidate two binary searches find the first threshold it is below and the first
+    it does not exceed; cumulative histograms turn them into counts. Counts of disjoint candidate
+    sets add up, so a row may be given in pieces (column tiles, several workers)."""
     b, m = distances.shape
     r_max = thresholds.shape[1]
     exact32 = distances.dtype in (torch.float16, torch.bfloat16, torch.float32)
     d = distances.to(torch.float32 if exact32 else torch.float64)
-    d = torch.nan_to_num(d, nan=math.inf, posinf=math.inf, neginf=-math.inf)
-    first_at = torch.searchsorted(thresholds.to(d.device, d.dtype).contiguous(), d.contiguous(), side="left")
-    if exclude is not None:
-        first_at.masked_fill_(exclude.to(d.device), r_max)  # lands in the overflow bin, never counted
-    hist = torch.zeros((b, r_max + 1), dtype=torch.int64, device=d.device)
-    hist.scatter_add_(1, first_at, torch.ones((1, 1), dtype=torch.int64, device=d.device).expand(b, m))
-    return hist.cumsum(1)[:, :r_max]
+    d = torch.nan_to_num(d, nan=math.inf, posinf=math.inf, neginf=-math.inf).contiguous()
+    thr = thresholds.to(d.dtype).contiguous()
+    hist = torch.zeros((2, b, r_max + 1), dtype=torch.int64)
+    ones = torch.ones((1, 1), dtype=torch.int64).expand(b, m)
+    for row, side in ((0, "right"), (1, "left")):  # below: thresholds > d; at or below: ≥ d
+        first = torch.searchsorted(thr, d, side=side)
+        if exclude is not None:
+            first.masked_fill_(exclude, r_max)  # lands in the overflow bin, never counted
+        hist[row].scatter_add_(1, first, ones)
+    counts = hist.cumsum(2)[:, :, :r_max]
+    counts[1] -= counts[0]
+    return counts
 
 
-def per_query_metrics(counts: torch.Tensor, r_count: torch.Tensor, n_nonrel: torch.Tensor
+def tie_groups(thresholds: torch.Tensor, r_count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each sorted relevant threshold: the index of the first relevant candidate with the same
+    distance (t) and how many relevant candidates share it (r); padding is not counted."""
+    thr = thresholds.contiguous()
+    start = torch.searchsorted(thr, thr, side="left")
+    stop = torch.minimum(torch.searchsorted(thr, thr, side="right"), r_count[:, None])
+    return start, stop - start
+
+
+def harmonic_difference(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """Σ_{i=0..n−1} 1/(x + i) = ψ(x + n) − ψ(x) to a relative 2e-15 (float64, x ≥ 1).
+
+    For x ≥ 100 the asymptotic series of ψ, differenced term by term in forms without
+    cancellation; below, where the sum is not small, torch's digamma."""
+    z = x + n
+    series = (torch.log1p(n / x) + n / (2 * x * z) + n * (x + z) / (12 * x**2 * z**2)
+              - (x**-4 - z**-4) / 120 + (x**-6 - z**-6) / 252)
+    return torch.where(x >= 100, series, torch.special.digamma(z) - torch.special.digamma(x))
+
+
+def expected_precision_sum(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, n: torch.Tensor
+                           ) -> torch.Tensor:
+    """Σ_{j=1..n} (a + b·(j−1)) / (c + j), elementwise (float64).
+
+    Groups up to ``DIRECT_SUM_MAX`` add their terms (all positive: no cancellation); larger ones
+    use the same sum through harmonic numbers, n·b + (a − b·(c + 1))·(H(c + n) − H(c)), whose
+    rounding stays within 1e-12 of the sum (relative) even at c ≈ 10⁵."""
+    out = a / (c + 1.0)  # n = 1
+    small = torch.nonzero((n > 1) & (n <= DIRECT_SUM_MAX)).flatten()
+    j = torch.arange(DIRECT_SUM_MAX, dtype=torch.float64)[None, :]
+    for part in small.split(_DIRECT_ITEMS):
+        aa, bb, cc, nn = (x[part, None] for x in (a, b, c, n))
+        terms = (aa + bb * j) / (cc + 1.0 + j)
+        out[part] = torch.where(j < nn, terms, 0.0).sum(1)
+    large = n > DIRECT_SUM_MAX
+    if bool(large.any()):
+        aa, bb, cc, nn = a[large], b[large], c[large], n[large]
+        out[large] = nn * bb + (aa - bb * (cc + 1.0)) * harmonic_difference(cc + 1.0, nn)
+    return out
+
+
+def per_query_metrics(counts: torch.Tensor, thresholds: torch.Tensor, r_count: torch.Tensor,
+                      n_nonrelevant: torch.Tensor, ties: str = "expected"
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """AP, first relevant rank and RP (%) from the non-relevant counts at each relevant threshold."""
-    r_max = counts.shape[1]
-    k = torch.arange(1, r_max + 1, dtype=torch.float64)[None, :]
-    valid = (k <= r_count[:, None]).to(torch.float64)
-    above = counts.to(torch.float64)
-    position = k + above  # 1-based rank of the k-th relevant candidate
-    ap = ((k / position) * valid).sum(1) / r_count
-    first = position[:, 0].to(torch.int64)
-    rp = (above * valid).sum(1) / r_count / n_nonrel.to(torch.float64).clamp(min=1) * 100.0
+    """AP, first relevant rank and RP (%) of b queries, each with r_count ≥ 1, from
+    ``count_below_and_tied`` summed over all candidates; ``n_nonrelevant`` = M = N − R."""
+    ties = check_ties(ties)
+    b, r_max = thresholds.shape
+    valid = torch.arange(r_max)[None, :] < r_count[:, None]
+    row, k = torch.nonzero(valid, as_tuple=True)
+    below, tied = counts[0][valid].to(torch.float64), counts[1][valid].to(torch.float64)
+    if ties == "pessimistic":  # relevant after every non-relevant it ties with
+        position = k.to(torch.float64) + 1.0 + below + tied
+        precision = (k.to(torch.float64) + 1.0) / position
+        first_rank, above = position, below + tied
+    else:
+        start, size = (x[valid].to(torch.float64) for x in tie_groups(thresholds, r_count))
+        c, n = start + below, size + tied
+        slope = torch.where(n > 1, (size - 1.0) / (n - 1.0).clamp(min=1.0), 0.0)
+        precision = expected_precision_sum(start + 1.0, slope, c, n) / n  # this item's 1/r share
+        first_rank, above = c + (n + 1.0) / (size + 1.0), below + tied / 2.0
+    r = r_count.to(torch.float64)
+    ap = torch.zeros(b, dtype=torch.float64).index_add_(0, row, precision) / r
+    rp = (torch.zeros(b, dtype=torch.float64).index_add_(0, row, above) / r
+          / n_nonrelevant.to(torch.float64).clamp(min=1) * 100.0)
+    first = torch.zeros(b, dtype=torch.float64)
+    first[row[k == 0]] = first_rank[k == 0]
     return ap.numpy(), first.numpy(), rp.numpy()
 
 
@@ -156,7 +245,8 @@ class RankAccumulator:
 
     def __init__(self, query_cliques: Sequence[str], candidate_cliques: Sequence[str],
                  query_keys: Sequence[str] | None = None, candidate_keys: Sequence[str] | None = None,
-                 diagonal_is_self: bool = False) -> None:
+                 diagonal_is_self: bool = False, ties: str = "expected") -> None:
+        self.ties = check_ties(ties)
         self.n_queries = len(query_cliques)
         self.n_candidates = len(candidate_cliques)
         ids: dict[str, int] = {}
@@ -192,21 +282,21 @@ class RankAccumulator:
         self_idx = self.self_index[qidx]
         has_self = np.flatnonzero(self_idx >= 0)
         exclude[torch.from_numpy(has_self), torch.from_numpy(self_idx[has_self])] = True
-        counts = count_at_or_below(thresholds[0], block, exclude)
-        n_nonrel = (~exclude).sum(1)
-        ap, first, rp = per_query_metrics(counts, thresholds[1], n_nonrel)
+        counts = count_below_and_tied(thresholds[0], block, exclude)
+        n_nonrelevant = self.n_candidates - thresholds[1]  # M = N − R: the own entry is one of them
+        ap, first, rp = per_query_metrics(counts, thresholds[0], thresholds[1], n_nonrelevant, self.ties)
         self._parts.append((qidx, ap, first, rp))
 
     def per_query(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(query_index, ap, first_rank, rp) of the queries added so far."""
         if not self._parts:
             z = np.zeros(0)
-            return np.zeros(0, np.int64), z, np.zeros(0, np.int64), z
+            return np.zeros(0, np.int64), z, z, z
         return tuple(np.concatenate(p) for p in zip(*self._parts))  # type: ignore[return-value]
 
     def result(self) -> Metrics:
         qidx, ap, first, rp = self.per_query()
-        return Metrics.from_per_query(ap, first, rp, qidx, self.n_skipped)
+        return Metrics.from_per_query(ap, first, rp, qidx, self.n_skipped, self.ties)
 
 
 def _relevant_lists(query_cliques: Sequence[str], candidate_cliques: Sequence[str]) -> list[np.ndarray]:
@@ -237,7 +327,7 @@ def _self_indices(n_q: int, n_c: int, query_keys: Sequence[str] | None,
 
 def retrieval_metrics(distances: np.ndarray, query_cliques: Sequence[str], candidate_cliques: Sequence[str],
                       query_keys: Sequence[str] | None = None,
-                      candidate_keys: Sequence[str] | None = None) -> Metrics:
+                      candidate_keys: Sequence[str] | None = None, ties: str = "expected") -> Metrics:
     """MAP, MR1, ARP (and intervals) of a query × candidate distance matrix (see module doc)."""
     distances = np.asarray(distances)
     if distances.ndim != 2 or distances.shape != (len(query_cliques), len(candidate_cliques)):
@@ -245,7 +335,7 @@ def retrieval_metrics(distances: np.ndarray, query_cliques: Sequence[str], candi
                          f"({len(query_cliques)}, {len(candidate_cliques)}) from the cliques")
     square = distances.shape[0] == distances.shape[1]
     acc = RankAccumulator(query_cliques, candidate_cliques, query_keys, candidate_keys,
-                          diagonal_is_self=square and query_keys is None)
+                          diagonal_is_self=square and query_keys is None, ties=ties)
     step = max(1, BLOCK_ELEMENTS // max(1, distances.shape[1]))
     for start in range(0, distances.shape[0], step):
         stop = min(start + step, distances.shape[0])

@@ -21,7 +21,8 @@ matrix, smaller = closer; the metrics are then the same as for a trained model.
 
 Validity is ``transcripts.is_valid``. Annotations ("[Music]") are removed before TF-IDF, BM25 and
 SBERT. An empty transcription is at the largest distance the baseline can give (1, or 2 for
-SBERT) from everything, so its ranking is a tie broken pessimistically by the metrics.
+SBERT) from everything: its ranking is one big tie, scored by the metrics' tie rule (by default
+the expected value over tie orders, i.e. chance).
 """
 
 from __future__ import annotations
@@ -230,6 +231,8 @@ def comparison_table(results: dict[str, dict]) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in rows]
     lines.insert(1, "-" * len(lines[0]))
+    rules = sorted({str(m.get("ties", "expected")) for m in results.values()})
+    lines.append(f"ties: {', '.join(rules)} (see the metrics' tie rule)")
     return "\n".join(lines) + "\n"
 
 
@@ -251,7 +254,7 @@ def run_baselines(corpus: Corpus, names: Sequence[str], out_dir: Path, opts: Bas
         for name in names:
             bar.update(task, status=name)
             d = baseline_distances(name, corpus, opts)
-            metrics = retrieval_metrics(d, corpus.cliques, corpus.cliques, corpus.keys, corpus.keys)
+            metrics = retrieval_metrics(d, corpus.cliques, corpus.cliques, corpus.keys, corpus.keys, ties=opts.ties)
             results[name] = metrics.to_dict()
             if save_format:
                 meta = {"baseline": name, "seed": opts.seed, **(info or {})}

@@ -193,7 +193,7 @@ def _evaluate(opts: EvaluateRun, rank: int, world: int, barrier: Callable[[], No
     start = time.perf_counter()
     output = opts.run_dir()
     prep = prepare(opts, Path(opts.cache or output / "cache"), rank, world, barrier, device, agree)
-    metrics = all_against_all(prep.songs, opts.topk, rank, world, reduce, device=device)
+    metrics = all_against_all(prep.songs, opts.topk, rank, world, reduce, device=device, ties=opts.ties)
     seconds = time.perf_counter() - start
     info = {**summary(prep.songs), "model": str(prep.model_path), "cache": str(prep.cache_dir),
             "songs without features": len(prep.skipped_empty), "workers": world}
@@ -215,7 +215,7 @@ def write_results(result: EvalResult, opts: EvaluateRun) -> None:
     m, versions = result.metrics, result.split.versions
     for q, ap, first, rp in zip(m.query_index, m.ap, m.first_rank, m.rp):
         v = versions[int(q)]
-        rows.append(f"{_csv(v.key)},{_csv(v.clique)},{ap:.6f},{int(first)},{rp:.4f}")
+        rows.append(f"{_csv(v.key)},{_csv(v.clique)},{ap:.6f},{first:.10g},{rp:.4f}")  # expected: x.5
     write_atomically(out / PER_QUERY, "\n".join(rows) + "\n")
 
 
