@@ -146,24 +146,37 @@ def count_below_and_tied(thresholds: torch.Tensor, distances: torch.Tensor, excl
     """(2, b, R) int64 counts of candidates of each row, not excluded: [0] strictly below each
     threshold, [1] equal to it.
 
-    For every candidate two binary searches find the first threshold it is below and the first
-    it does not exceed; cumulative histograms turn them into counts. Counts of disjoint candidate
-    sets add up, so a row may be given in pieces (column tiles, several workers)."""
+    For every candidate a binary search finds the first threshold it does not exceed; a
+    cumulative histogram gives the counts at or below each threshold. Candidates equal to that
+    threshold (rare with continuous distances: found by one comparison) are counted apart, per
+    tie group of thresholds. Counts of disjoint candidate sets add up, so a row may be given in
+    pieces (column tiles, several workers)."""
     b, m = distances.shape
     r_max = thresholds.shape[1]
     exact32 = distances.dtype in (torch.float16, torch.bfloat16, torch.float32)
     d = distances.to(torch.float32 if exact32 else torch.float64)
     d = torch.nan_to_num(d, nan=math.inf, posinf=math.inf, neginf=-math.inf).contiguous()
     thr = thresholds.to(d.dtype).contiguous()
-    hist = torch.zeros((2, b, r_max + 1), dtype=torch.int64)
-    ones = torch.ones((1, 1), dtype=torch.int64).expand(b, m)
-    for row, side in ((0, "right"), (1, "left")):  # below: thresholds > d; at or below: ≥ d
-        first = torch.searchsorted(thr, d, side=side)
-        if exclude is not None:
-            first.masked_fill_(exclude, r_max)  # lands in the overflow bin, never counted
-        hist[row].scatter_add_(1, first, ones)
-    counts = hist.cumsum(2)[:, :, :r_max]
-    counts[1] -= counts[0]
+    first = torch.searchsorted(thr, d, side="left")  # first threshold ≥ d
+    with_end = torch.cat([thr, torch.full((b, 1), math.inf, dtype=thr.dtype)], 1)
+    tied = with_end.gather(1, first) == d
+    if exclude is not None:
+        first.masked_fill_(exclude, r_max)  # lands in the overflow bin, never counted
+    hist = torch.zeros((b, r_max + 1), dtype=torch.int64)
+    hist.scatter_add_(1, first, torch.ones((1, 1), dtype=torch.int64).expand(b, m))
+    counts = torch.zeros((2, b, r_max), dtype=torch.int64)
+    counts[0] = hist.cumsum(1)[:, :r_max]  # at or below, for now
+    rows, cols = torch.nonzero(tied, as_tuple=True) if bool(tied.any()) else (None, None)
+    if rows is not None and exclude is not None:
+        keep = ~exclude[rows, cols]
+        rows, cols = rows[keep], cols[keep]
+    if rows is not None and len(rows):
+        # a tied candidate sits at the first threshold of its tie group: count it there, then
+        # give every threshold of the group that count
+        at_start = torch.zeros((b, r_max + 1), dtype=torch.int64)
+        at_start.index_put_((rows, first[rows, cols]), torch.ones(len(rows), dtype=torch.int64), accumulate=True)
+        counts[1] = at_start.gather(1, torch.searchsorted(thr, thr, side="left"))
+        counts[0] -= counts[1]
     return counts
 
 
