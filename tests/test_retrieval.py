@@ -11,7 +11,7 @@ from helpers.stores import make_store
 from wealy_cli.core.store import Store, StoreWriter
 from wealy_cli.ranking.chunks import EmbedOptions, chunk_spans, embed_chunks, embedding_groups
 from wealy_cli.ranking.metrics import retrieval_metrics
-from wealy_cli.ranking.tiles import SongSet, all_against_all, dense_distances
+from wealy_cli.ranking.tiles import SongSet, all_against_all, dense_distances, distance_rows
 
 
 def test_chunk_spans_by_hand():
@@ -55,6 +55,22 @@ def test_blocked_distances_equal_dense(topk, max_chunks):
     songs = SongSet([e.astype(np.float32) for e in emb], cliques, tile_rows=24)
     assert len(songs.tiles) > 3
     np.testing.assert_allclose(dense_distances(songs, topk), dense_reference(emb, topk), atol=2e-6)
+
+
+@pytest.mark.parametrize("block_bytes", [4 * 90 * 7, 2**28])
+def test_distance_rows_cover_the_dense_matrix_row_block_by_row_block(block_bytes):
+    rng = np.random.default_rng(5)
+    emb, cliques = random_songs(rng, 90, 4)
+    songs = SongSet([e.astype(np.float32) for e in emb], cliques, tile_rows=24)
+    seen = np.zeros(90, dtype=int)
+    out = np.full((90, 90), np.nan, dtype=np.float32)
+    for index, block in distance_rows(songs, 2, block_bytes):
+        assert block.shape == (len(index), 90) and block.dtype == np.float32
+        assert len(index) <= max(1, block_bytes // (4 * 90))
+        out[index] = block
+        seen[index] += 1
+    assert (seen == 1).all()
+    np.testing.assert_allclose(out, dense_reference(emb, 2), atol=2e-6)
 
 
 def reference_metrics(dist, cliques, ties="expected"):

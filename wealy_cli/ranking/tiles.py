@@ -163,6 +163,34 @@ def dense_distances(songs: SongSet, topk: int, label: str = "distances",
     return out
 
 
+ROW_BLOCK_BYTES = 2**28  # one block of whole distance rows (256 MB of float32)
+
+
+def distance_rows(songs: SongSet, topk: int, block_bytes: int = ROW_BLOCK_BYTES,
+                  device: str | torch.device | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Whole rows of the song distance matrix, tile by tile: (song positions, float32 block of
+    shape (rows, n) in the original song order), computed on ``device`` (default: the CPU).
+    Every block is computed against every tile (no symmetry: a row block must be complete), at
+    most ``block_bytes`` at a time."""
+    per_block = max(1, block_bytes // (4 * max(1, songs.n)))
+    tiles = songs.on(device)
+    with exact_float32():
+        for tile in tiles:
+            for start in range(0, len(tile.index), per_block):
+                part = _tile_rows(tile, start, start + per_block)
+                out = np.empty((len(part.index), songs.n), dtype=np.float32)
+                for other in tiles:
+                    out[:, other.index] = song_distances(part, other, topk).cpu().numpy()
+                yield part.index, out
+
+
+def _tile_rows(tile: Tile, start: int, stop: int) -> Tile:
+    if start == 0 and stop >= len(tile.index):
+        return tile
+    return Tile(tile.index[start:stop], tile.chunks[start:stop], tile.valid[start:stop],
+                tile.n_chunks[start:stop], tile.clique_ids[start:stop])
+
+
 # ---------------------------------------------------------------- all-against-all metrics
 
 
