@@ -181,29 +181,44 @@ def count_below_and_tied(thresholds: torch.Tensor, distances: torch.Tensor, excl
     return counts
 
 
-def count_rows(block: np.ndarray, thresholds: np.ndarray, r_count: np.ndarray, self_index: np.ndarray
-               ) -> np.ndarray:
-    """(2, b, R) int64 like :func:`count_below_and_tied` for whole rows, where the excluded
-    candidates are exactly the relevant ones (whose distances are the thresholds) and the
-    query's own entry (``self_index``, −1: none): every candidate is counted, then those are
-    taken off.
+@dataclass
+class RelevantCounts:
+    """Flat, per relevant candidate of b queries (each with ≥ 1): its query (``row``), its index
+    among the query's sorted relevant distances (``k``), the first index and size of its tie group
+    among them (``start``, ``size``), and the non-relevant candidates strictly below it and tied
+    with it (``below``, ``tied``); ``r_count`` per query."""
+
+    row: np.ndarray
+    k: np.ndarray
+    start: np.ndarray
+    size: np.ndarray
+    below: np.ndarray
+    tied: np.ndarray
+    r_count: np.ndarray
+
+
+def count_rows(block: np.ndarray, relevant: Sequence[np.ndarray], self_index: np.ndarray) -> RelevantCounts:
+    """Counts for whole rows (``relevant``: each row's relevant candidate positions; the excluded
+    candidates are exactly those and the query's own entry ``self_index``, −1: none): every
+    candidate is counted, then the relevant ones (whose distances are the thresholds) and the
+    own entry are taken off.
 
     A row with few distinct relevant distances is counted by one comparison pass per distance
     (vectorised, ~0.1 ns a value); one with many sorts its candidates up to the largest relevant
     distance and searches that. Both are much faster than a binary search per candidate."""
-    b, r_max = thresholds.shape
-    counts = np.zeros((2, b, r_max), dtype=np.int64)
     if block.dtype not in (np.float32, np.float64):
-        block = block.astype(np.float32 if block.dtype in (np.float16,) else np.float64)
+        block = block.astype(np.float32 if block.dtype == np.float16 else np.float64)
     if np.isnan(block).any():
         block = np.where(np.isnan(block), np.inf, block)
-    for i in range(b):
-        r = int(r_count[i])
-        values, start, size = np.unique(thresholds[i, :r], return_index=True, return_counts=True)
-        below, tied = _count_row(block[i], values.astype(block.dtype), int(self_index[i]))
-        counts[0, i, :r] = np.repeat(below - start, size)
-        counts[1, i, :r] = np.repeat(tied - size, size)
-    return counts
+    parts = []
+    for i, rel in enumerate(relevant):
+        thresholds = np.sort(block[i, rel])
+        values, start, size = np.unique(thresholds, return_index=True, return_counts=True)
+        below, tied = _count_row(block[i], values, int(self_index[i]))
+        parts.append((np.full(len(rel), i), np.arange(len(rel)), np.repeat(start, size), np.repeat(size, size),
+                      np.repeat(below - start, size), np.repeat(tied - size, size)))
+    flat = [np.concatenate(x).astype(np.int64) for x in zip(*parts)]
+    return RelevantCounts(*flat, r_count=np.array([len(r) for r in relevant], dtype=np.int64))
 
 
 SORT_AFTER = 12  # rows with more distinct relevant distances sort instead of comparing
@@ -269,29 +284,42 @@ def expected_precision_sum(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, n:
 def per_query_metrics(counts: torch.Tensor, thresholds: torch.Tensor, r_count: torch.Tensor,
                       n_nonrelevant: torch.Tensor, ties: str = "expected"
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """AP, first relevant rank and RP (%) of b queries, each with r_count ≥ 1, from
-    ``count_below_and_tied`` summed over all candidates; ``n_nonrelevant`` = M = N − R."""
-    ties = check_ties(ties)
-    b, r_max = thresholds.shape
+    """AP, first relevant rank and RP (%) of b queries, each with r_count ≥ 1, from padded
+    ``count_below_and_tied`` counts summed over all candidates; ``n_nonrelevant`` = M = N − R."""
+    r_max = thresholds.shape[1]
     valid = torch.arange(r_max)[None, :] < r_count[:, None]
     row, k = torch.nonzero(valid, as_tuple=True)
-    below, tied = counts[0][valid].to(torch.float64), counts[1][valid].to(torch.float64)
+    start, size = (x[valid] for x in tie_groups(thresholds, r_count))
+    flat = RelevantCounts(row.numpy(), k.numpy(), start.numpy(), size.numpy(), counts[0][valid].numpy(),
+                          counts[1][valid].numpy(), r_count.numpy())
+    return relevant_metrics(flat, n_nonrelevant.numpy(), ties)
+
+
+def relevant_metrics(counts: RelevantCounts, n_nonrelevant: np.ndarray, ties: str = "expected"
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """AP, first relevant rank and RP (%) per query (see the module doc for the tie rules)."""
+    ties = check_ties(ties)
+    f64 = {name: torch.from_numpy(np.asarray(getattr(counts, name), dtype=np.float64))
+           for name in ("k", "start", "size", "below", "tied")}
+    k, start, size, below, tied = (f64[n] for n in ("k", "start", "size", "below", "tied"))
     if ties == "pessimistic":  # relevant after every non-relevant it ties with
-        position = k.to(torch.float64) + 1.0 + below + tied
-        precision = (k.to(torch.float64) + 1.0) / position
+        position = k + 1.0 + below + tied
+        precision = (k + 1.0) / position
         first_rank, above = position, below + tied
     else:
-        start, size = (x[valid].to(torch.float64) for x in tie_groups(thresholds, r_count))
         c, n = start + below, size + tied
         slope = torch.where(n > 1, (size - 1.0) / (n - 1.0).clamp(min=1.0), 0.0)
         precision = expected_precision_sum(start + 1.0, slope, c, n) / n  # this item's 1/r share
         first_rank, above = c + (n + 1.0) / (size + 1.0), below + tied / 2.0
-    r = r_count.to(torch.float64)
+    b = len(counts.r_count)
+    row = torch.from_numpy(np.asarray(counts.row, dtype=np.int64))
+    r = torch.from_numpy(np.asarray(counts.r_count, dtype=np.float64))
     ap = torch.zeros(b, dtype=torch.float64).index_add_(0, row, precision) / r
-    rp = (torch.zeros(b, dtype=torch.float64).index_add_(0, row, above) / r
-          / n_nonrelevant.to(torch.float64).clamp(min=1) * 100.0)
+    m = torch.from_numpy(np.asarray(n_nonrelevant, dtype=np.float64)).clamp(min=1)
+    rp = torch.zeros(b, dtype=torch.float64).index_add_(0, row, above) / r / m * 100.0
     first = torch.zeros(b, dtype=torch.float64)
-    first[row[k == 0]] = first_rank[k == 0]
+    is_first = torch.from_numpy(np.asarray(counts.k) == 0)
+    first[row[is_first]] = first_rank[is_first]
     return ap.numpy(), first.numpy(), rp.numpy()
 
 
@@ -330,11 +358,9 @@ class RankAccumulator:
             block = block[keep]
             qidx = qidx[keep]
             rel = [r for r, k in zip(rel, keep) if k]
-        thresholds = pad_thresholds([block[i, r].astype(np.float64) for i, r in enumerate(rel)])
-        counts = count_rows(block, thresholds[0].numpy(), thresholds[1].numpy(), self.self_index[qidx])
-        n_nonrelevant = self.n_candidates - thresholds[1]  # M = N − R: the own entry is one of them
-        ap, first, rp = per_query_metrics(torch.from_numpy(counts), thresholds[0], thresholds[1], n_nonrelevant,
-                                          self.ties)
+        counts = count_rows(block, rel, self.self_index[qidx])
+        n_nonrelevant = self.n_candidates - counts.r_count  # M = N − R: the own entry is one of them
+        ap, first, rp = relevant_metrics(counts, n_nonrelevant, self.ties)
         self._parts.append((qidx, ap, first, rp))
 
     def per_query(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
