@@ -141,7 +141,8 @@ def step_distances(n: int, work: Path) -> dict:
 
     from wealy_cli.core.store import Store, StoreWriter, settings_hash
     from wealy_cli.model.network import ModelConfig, build_model, save_weights
-    from wealy_cli.retrieval.evaluate import EvalOptions, weights_digest, write_distances
+    from wealy_cli.retrieval.evaluate import weights_digest, write_distances
+    from wealy_cli.retrieval.options import DistancesRun
 
     setup = time.perf_counter()
     cliques = synthetic_cliques(n)
@@ -156,8 +157,9 @@ def step_distances(n: int, work: Path) -> dict:
     cfg = ModelConfig(input_channels=8, hidden_dim=16, zdim=512, num_transformer_blocks=1, num_heads=2,
                       ff_dim=32, dropout=0.0)
     save_weights(work / "model" / "best", build_model(cfg), cfg)
-    opts = EvalOptions(store=work / "features", output=work, checkpoint=work / "model", dataset="csv",
-                       metadata=work / "split.csv", cache=work / "cache", chunk=1500, overlap=0.9, topk=1)
+    opts = DistancesRun(store=work / "features", output=work / "wealy.h5", checkpoint=work / "model", dataset="csv",
+                        metadata=work / "split.csv", split="test", cache=work / "cache", chunk=1500, overlap=0.9,
+                        topk=1)
     cache_settings = {"weights": weights_digest(work / "model"),
                       "features": Store(work / "features").manifest.get("settings_hash"),
                       "chunk": opts.chunk, "overlap": opts.overlap}
@@ -169,16 +171,17 @@ def step_distances(n: int, work: Path) -> dict:
     del emb
     setup = time.perf_counter() - setup
     start = time.perf_counter()
-    write_distances(opts, work / "wealy.h5", "hdf5")
+    write_distances(opts, "hdf5")
     return {"seconds": time.perf_counter() - start, "setup_seconds": setup,
             "file_gb": (work / "wealy.h5").stat().st_size / 2**30}
 
 
 def step_fuse(work: Path) -> dict:
-    from wealy_cli.ranking.fusion import best_row, fuse_files, parse_alphas
+    from wealy_cli.ranking.fusion import best_row, fuse_paths
+    from wealy_cli.ranking.options import parse_alphas
 
     start = time.perf_counter()
-    _, rows = fuse_files([work / "wealy.h5", work / "tfidf-cosine_distances.h5"], ["wealy", "tfidf"],
+    _, rows = fuse_paths([work / "wealy.h5", work / "tfidf-cosine_distances.h5"], ["wealy", "tfidf"],
                          parse_alphas("0:2:0.1"))
     best = rows[best_row(rows)]
     return {"seconds": time.perf_counter() - start, "weights": len(rows), "best_weight": best.weights[0],

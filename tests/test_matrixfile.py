@@ -444,10 +444,15 @@ def test_not_enough_disk_is_refused_before_writing(tmp_path):
 
 
 def test_inconsistent_h5_is_refused_by_open_rows(tmp_path):
-    import h5py
-
     path = write_matrix(tmp_path / "m.h5", _matrix())
     with h5py.File(path, "a") as fh:
         del fh["query_cliques"]
-    with pytest.raises(MatrixFileError, match="missing query_cliques"):
+    with pytest.raises(MatrixFileError, match="missing 'query_cliques'"):
         open_rows(path)
+    with h5py.File(path, "a") as fh:  # a NaN in a row block is refused when that block is read
+        fh["query_cliques"] = np.array(["10", "10", "22"], dtype=object).astype(h5py.string_dtype())
+        fh["distances"][1, 2] = np.nan
+    with open_rows(path) as rows:
+        rows.rows([0])
+        with pytest.raises(MatrixFileError, match=r"m\.h5: 'distances' holds NaN \(row 1, column 2\)"):
+            rows.rows([2, 1])

@@ -94,8 +94,15 @@ class Plan:
 
     def read(self, k: int, start: int, stop: int) -> np.ndarray:
         """Aligned rows start..stop of input k (float64, NaN → +inf)."""
-        block = self.sources[k].rows(self.rows[k][start:stop])[:, self.cols[k]]
-        return np.where(np.isnan(block), np.inf, block.astype(np.float64))
+        block = self.sources[k].rows(self.rows[k][start:stop])
+        cols = self.cols[k]
+        if len(cols) != block.shape[1] or (np.diff(cols) != 1).any():  # not already in aligned order
+            block = block[:, cols]
+        block = block.astype(np.float64)
+        nan = np.isnan(block)
+        if nan.any():
+            block[nan] = np.inf
+        return block
 
     def own_columns(self, start: int, stop: int) -> np.ndarray:
         """For aligned rows start..stop, the aligned column of the query itself (−1: absent)."""

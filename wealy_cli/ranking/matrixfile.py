@@ -330,29 +330,38 @@ class MatrixRows:
         self.shape = (len(self.query_keys), len(self.candidate_keys))
 
     def _open_hdf5(self) -> None:
+        """Keys, cliques and metadata now, checked as ``read_matrix`` checks them; the distances
+        stay on disk (each row block is checked as it is read)."""
+        path = self.path
         try:
-            self._file = h5py.File(self.path, "r")
+            self._file = h5py.File(path, "r")
             fh = self._file
-            names = ("distances", "query_keys", "candidate_keys", "query_cliques", "candidate_cliques")
-            missing = [n for n in names if n not in fh]
-            if missing:
-                raise MatrixFileError(f"{self.path}: not a wealy distance matrix (missing {', '.join(missing)})")
-            self._rows = fh["distances"]
-            keys = {n: [str(v) for v in fh[n].asstr()[()]] for n in names[1:]}
-            metadata = _parse_metadata(fh.attrs.get("metadata"), str(self.path))
-        except OSError as err:
+            datasets = {name: _dataset(fh, name, path) for name in _REQUIRED}
+            self._rows = datasets["distances"]
+            if self._rows.dtype.kind not in "iuf":
+                raise MatrixFileError(f"{path}: 'distances' must hold real numbers (integers or floats), not "
+                                      f"{_dtype_words(self._rows.dtype)}")
+            if self._rows.ndim != 2:
+                raise MatrixFileError(f"{path}: 'distances' must be 2-D, got shape {self._rows.shape}")
+            budget = memory_limit(path.stat().st_size)
+            keys = {}
+            for name in _LABELS:
+                values, used = _hdf5_labels(datasets[name], name, path, budget)
+                budget -= used
+                keys[name] = _labels(values, name, str(path))
+            metadata = _parse_metadata(_hdf5_metadata(fh, path) if "metadata" in fh.attrs else None, str(path))
+            problem = _row_file_problem(self._rows.shape, keys)
+            if problem:
+                raise MatrixFileError(f"{path}: {problem}")
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
             self.close()
-            raise MatrixFileError(f"{self.path}: unreadable HDF5 file ({err})") from err
+            raise MatrixFileError(f"{path}: unreadable HDF5 file ({type(err).__name__}: {err})") from err
         except BaseException:
             self.close()
             raise
         self.query_keys, self.candidate_keys = keys["query_keys"], keys["candidate_keys"]
         self.query_cliques, self.candidate_cliques = keys["query_cliques"], keys["candidate_cliques"]
         self.metadata = metadata
-        problem = _row_file_problem(self._rows.shape, keys)
-        if problem:
-            self.close()
-            raise MatrixFileError(f"{self.path}: {problem}")
 
     @property
     def in_memory(self) -> bool:
@@ -367,8 +376,20 @@ class MatrixRows:
         wanted = index[order]
         out = np.empty((len(index), self.shape[1]), dtype=np.float32)
         for a, b in _runs(wanted):
-            out[order[a:b]] = self._rows[wanted[a]:wanted[a] + (b - a)]
+            with np.errstate(over="ignore"):  # beyond float32: becomes inf, refused below
+                out[order[a:b]] = self._rows[wanted[a]:wanted[a] + (b - a)]
+        if not np.isfinite(out).all():
+            self._refuse_nonfinite(out, index)
         return out
+
+    def _refuse_nonfinite(self, block: np.ndarray, index: np.ndarray) -> None:
+        """The per-block form of ``check_distances``: +inf is allowed, NaN and −inf are not (a
+        finite value beyond float32 is not told apart from +inf here)."""
+        for mask, what in ((np.isnan(block), "NaN"), (block == -np.inf, "-inf")):
+            if mask.any():
+                i, j = np.unravel_index(int(mask.argmax()), mask.shape)
+                raise MatrixFileError(f"{self.path}: 'distances' holds {what} (row {int(index[i])}, column {j}); "
+                                      "a distance must be a number, +inf meaning 'never a match'")
 
     def close(self) -> None:
         if self._file is not None:

@@ -249,33 +249,36 @@ def tie_groups(thresholds: torch.Tensor, r_count: torch.Tensor) -> tuple[torch.T
     return start, stop - start
 
 
-def harmonic_difference(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+def harmonic_difference(x: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Σ_{i=0..n−1} 1/(x + i) = ψ(x + n) − ψ(x) to a relative 2e-15 (float64, x ≥ 1).
 
     For x ≥ 100 the asymptotic series of ψ, differenced term by term in forms without
-    cancellation; below, where the sum is not small, torch's digamma."""
+    cancellation; below, where the sum is not small, scipy's digamma."""
+    from scipy.special import digamma
+
+    x, n = np.asarray(x, dtype=np.float64), np.asarray(n, dtype=np.float64)
     z = x + n
-    series = (torch.log1p(n / x) + n / (2 * x * z) + n * (x + z) / (12 * x**2 * z**2)
+    series = (np.log1p(n / x) + n / (2 * x * z) + n * (x + z) / (12 * x**2 * z**2)
               - (x**-4 - z**-4) / 120 + (x**-6 - z**-6) / 252)
-    return torch.where(x >= 100, series, torch.special.digamma(z) - torch.special.digamma(x))
+    return np.where(x >= 100, series, digamma(z) - digamma(x))
 
 
-def expected_precision_sum(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, n: torch.Tensor
-                           ) -> torch.Tensor:
+def expected_precision_sum(a: np.ndarray, b: np.ndarray, c: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Σ_{j=1..n} (a + b·(j−1)) / (c + j), elementwise (float64).
 
     Groups up to ``DIRECT_SUM_MAX`` add their terms (all positive: no cancellation); larger ones
     use the same sum through harmonic numbers, n·b + (a − b·(c + 1))·(H(c + n) − H(c)), whose
     rounding stays within 1e-12 of the sum (relative) even at c ≈ 10⁵."""
+    a, b, c, n = (np.asarray(v, dtype=np.float64) for v in (a, b, c, n))
     out = a / (c + 1.0)  # n = 1
-    small = torch.nonzero((n > 1) & (n <= DIRECT_SUM_MAX)).flatten()
-    j = torch.arange(DIRECT_SUM_MAX, dtype=torch.float64)[None, :]
-    for part in small.split(_DIRECT_ITEMS):
-        aa, bb, cc, nn = (x[part, None] for x in (a, b, c, n))
-        terms = (aa + bb * j) / (cc + 1.0 + j)
-        out[part] = torch.where(j < nn, terms, 0.0).sum(1)
-    large = n > DIRECT_SUM_MAX
-    if bool(large.any()):
+    small = np.flatnonzero((n > 1) & (n <= DIRECT_SUM_MAX))
+    j = np.arange(DIRECT_SUM_MAX, dtype=np.float64)[None, :]
+    for start in range(0, len(small), _DIRECT_ITEMS):
+        part = small[start:start + _DIRECT_ITEMS]
+        aa, bb, cc, nn = (v[part, None] for v in (a, b, c, n))
+        out[part] = np.where(j < nn, (aa + bb * j) / (cc + 1.0 + j), 0.0).sum(1)
+    large = np.flatnonzero(n > DIRECT_SUM_MAX)
+    if len(large):
         aa, bb, cc, nn = a[large], b[large], c[large], n[large]
         out[large] = nn * bb + (aa - bb * (cc + 1.0)) * harmonic_difference(cc + 1.0, nn)
     return out
@@ -299,28 +302,27 @@ def relevant_metrics(counts: RelevantCounts, n_nonrelevant: np.ndarray, ties: st
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """AP, first relevant rank and RP (%) per query (see the module doc for the tie rules)."""
     ties = check_ties(ties)
-    f64 = {name: torch.from_numpy(np.asarray(getattr(counts, name), dtype=np.float64))
-           for name in ("k", "start", "size", "below", "tied")}
-    k, start, size, below, tied = (f64[n] for n in ("k", "start", "size", "below", "tied"))
+    k, start, size, below, tied = (np.asarray(getattr(counts, name), dtype=np.float64)
+                                   for name in ("k", "start", "size", "below", "tied"))
     if ties == "pessimistic":  # relevant after every non-relevant it ties with
         position = k + 1.0 + below + tied
         precision = (k + 1.0) / position
         first_rank, above = position, below + tied
     else:
         c, n = start + below, size + tied
-        slope = torch.where(n > 1, (size - 1.0) / (n - 1.0).clamp(min=1.0), 0.0)
+        slope = np.where(n > 1, (size - 1.0) / np.maximum(n - 1.0, 1.0), 0.0)
         precision = expected_precision_sum(start + 1.0, slope, c, n) / n  # this item's 1/r share
         first_rank, above = c + (n + 1.0) / (size + 1.0), below + tied / 2.0
     b = len(counts.r_count)
-    row = torch.from_numpy(np.asarray(counts.row, dtype=np.int64))
-    r = torch.from_numpy(np.asarray(counts.r_count, dtype=np.float64))
-    ap = torch.zeros(b, dtype=torch.float64).index_add_(0, row, precision) / r
-    m = torch.from_numpy(np.asarray(n_nonrelevant, dtype=np.float64)).clamp(min=1)
-    rp = torch.zeros(b, dtype=torch.float64).index_add_(0, row, above) / r / m * 100.0
-    first = torch.zeros(b, dtype=torch.float64)
-    is_first = torch.from_numpy(np.asarray(counts.k) == 0)
+    row = np.asarray(counts.row, dtype=np.int64)
+    r = np.asarray(counts.r_count, dtype=np.float64)
+    ap = np.bincount(row, weights=precision, minlength=b) / r
+    m = np.maximum(np.asarray(n_nonrelevant, dtype=np.float64), 1.0)
+    rp = np.bincount(row, weights=above, minlength=b) / r / m * 100.0
+    first = np.zeros(b, dtype=np.float64)
+    is_first = np.asarray(counts.k) == 0
     first[row[is_first]] = first_rank[is_first]
-    return ap.numpy(), first.numpy(), rp.numpy()
+    return ap, first, rp
 
 
 # ---------------------------------------------------------------- accumulation by row blocks
