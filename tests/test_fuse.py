@@ -13,6 +13,7 @@ from wealy_cli.core.errors import UserError
 from wealy_cli.ranking.fusion import (
     align,
     best_row,
+    candidates_that_matter,
     combine,
     fuse_grid,
     fuse_paths,
@@ -226,3 +227,24 @@ def test_fused_matrix_written_by_row_blocks(tmp_path):
     fused = read_matrix(tmp_path / "fused.h5")
     np.testing.assert_allclose(fused.distances, want, rtol=1e-6)
     assert fused.metadata == {"weights": [0.7]}
+
+
+@pytest.mark.parametrize("ties", ["expected", "pessimistic"])
+def test_candidates_left_out_never_change_the_ranking(ties):
+    """Candidates above every relevant one at both ends of the weight range are left out of the
+    per-weight ranking: the metrics still equal the whole-matrix ones at every weight."""
+    from wealy_cli.ranking.metrics import RankAccumulator
+
+    m1, m2 = _pair(n_cliques=10, per=4, seed=9)
+    m2.distances[:, ::7] = np.round(m2.distances[:, ::7], 1)  # ties
+    alphas = [0.0, 0.25, 0.5, 1.0, 1.5, 2.0]
+    aligned = align([m1, m2], ["a", "b"])
+    rows = fuse_grid(aligned, alphas, ties=ties)
+    acc = RankAccumulator(aligned.query_cliques, aligned.candidate_cliques, aligned.query_keys,
+                          aligned.candidate_keys, ties=ties)
+    mats = [np.asarray(d, dtype=np.float64) for d in aligned.distances]
+    kept = candidates_that_matter(mats, [(a,) for a in alphas], acc, np.arange(len(aligned.query_keys)))
+    assert np.mean([len(c) for c in kept]) < 0.8 * len(aligned.candidate_keys)  # some are left out
+    for row, want in zip(rows, _dense_fusion_maps(m1, m2, alphas, "none", ties)):
+        for key in ("map", "mr1", "arp"):
+            assert row.metrics[key] == pytest.approx(want[key], abs=1e-12)

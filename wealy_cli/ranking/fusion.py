@@ -296,10 +296,46 @@ def fuse_rows(plan: Plan, alphas: Sequence[float], method: Normalization = "none
         task = bar.add_task("fusion", total=plan.shape[0], status=f"{len(grid)} weight combinations")
         for start, mats in scale.blocks(plan, block_bytes):
             rows = np.arange(start, start + len(mats[0]))
+            columns = candidates_that_matter(mats, grid, accumulators[0], rows)
+            parts = [[m[i, cols] for m in mats] for i, cols in enumerate(columns)]
             for acc, weights in zip(accumulators, grid):
-                acc.add(rows, combine(mats, weights))
+                acc.add_known_rows(rows, [combine(p, weights) for p in parts], columns)
             bar.advance(task, len(rows))
     return [FusionRow(tuple(w), acc.result().to_dict()) for w, acc in zip(grid, accumulators)]
+
+
+def candidates_that_matter(mats: Sequence[np.ndarray], grid: Sequence[Sequence[float]], acc: Any,
+                           rows: np.ndarray) -> list[np.ndarray]:
+    """For each row, the columns that can rank at or above one of its relevant candidates for
+    some weight of the grid (plus the relevant candidates and the query's own entry).
+
+    A fused distance is linear in the weights and the largest relevant one is a maximum of
+    linear functions (convex), so their difference is concave over the box of weights: above
+    the largest relevant distance at every corner of the box means above it everywhere in the
+    box. A margin of 1e-9 (relative) keeps candidates whose order could turn on rounding; the
+    others count for no threshold at any weight and are left out of the ranking."""
+    corners = list(itertools.product(*[(min(ws), max(ws)) for ws in zip(*grid)]))
+    keep = np.zeros(mats[0].shape, dtype=bool)
+    relevant = []
+    for q in rows:
+        own = int(acc.self_index[q])
+        rel = acc.relevant[q] if own < 0 else acc.relevant[q][acc.relevant[q] != own]
+        relevant.append((rel, own))
+    for corner in corners:
+        fused = combine(mats, corner)
+        top = np.full(len(rows), np.inf)
+        for i, (rel, _) in enumerate(relevant):
+            if len(rel):
+                top[i] = fused[i, rel].max()
+        with np.errstate(invalid="ignore"):
+            keep |= fused <= (top + 1e-9 * (1.0 + np.abs(top)))[:, None]
+    columns = []
+    for i, (rel, own) in enumerate(relevant):
+        keep[i, rel] = True
+        if own >= 0:
+            keep[i, own] = True
+        columns.append(np.flatnonzero(keep[i]))
+    return columns
 
 
 def fused_blocks(plan: Plan, weights: Sequence[float], method: Normalization = "none",

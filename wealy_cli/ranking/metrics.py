@@ -197,24 +197,21 @@ class RelevantCounts:
     r_count: np.ndarray
 
 
-def count_rows(block: np.ndarray, relevant: Sequence[np.ndarray], self_index: np.ndarray) -> RelevantCounts:
-    """Counts for whole rows (``relevant``: each row's relevant candidate positions; the excluded
-    candidates are exactly those and the query's own entry ``self_index``, −1: none): every
-    candidate is counted, then the relevant ones (whose distances are the thresholds) and the
-    own entry are taken off.
+def count_rows(rows: Sequence[np.ndarray] | np.ndarray, relevant: Sequence[np.ndarray], self_index: np.ndarray
+               ) -> RelevantCounts:
+    """Counts for rows (float arrays without NaN; ``relevant``: each row's relevant candidate
+    positions; the excluded candidates are exactly those and the query's own entry
+    ``self_index``, −1: none): every candidate is counted, then the relevant ones (whose
+    distances are the thresholds) and the own entry are taken off.
 
     A row with few distinct relevant distances is counted by one comparison pass per distance
     (vectorised, ~0.1 ns a value); one with many sorts its candidates up to the largest relevant
     distance and searches that. Both are much faster than a binary search per candidate."""
-    if block.dtype not in (np.float32, np.float64):
-        block = block.astype(np.float32 if block.dtype == np.float16 else np.float64)
-    if np.isnan(block).any():
-        block = np.where(np.isnan(block), np.inf, block)
     parts = []
-    for i, rel in enumerate(relevant):
-        thresholds = np.sort(block[i, rel])
+    for i, (d, rel) in enumerate(zip(rows, relevant)):
+        thresholds = np.sort(d[rel])
         values, start, size = np.unique(thresholds, return_index=True, return_counts=True)
-        below, tied = _count_row(block[i], values, int(self_index[i]))
+        below, tied = _count_row(d, values, int(self_index[i]))
         parts.append((np.full(len(rel), i), np.arange(len(rel)), np.repeat(start, size), np.repeat(size, size),
                       np.repeat(below - start, size), np.repeat(tied - size, size)))
     flat = [np.concatenate(x).astype(np.int64) for x in zip(*parts)]
@@ -360,7 +357,43 @@ class RankAccumulator:
             block = block[keep]
             qidx = qidx[keep]
             rel = [r for r, k in zip(rel, keep) if k]
-        counts = count_rows(block, rel, self.self_index[qidx])
+        if block.dtype not in (np.float32, np.float64):
+            block = block.astype(np.float32 if block.dtype == np.float16 else np.float64)
+        if np.isnan(block).any():
+            block = np.where(np.isnan(block), np.inf, block)
+        self._rank(qidx, count_rows(block, rel, self.self_index[qidx]))
+
+    def add_known_rows(self, query_index: Sequence[int] | np.ndarray, values: Sequence[np.ndarray],
+                       columns: Sequence[np.ndarray]) -> None:
+        """Rank queries whose rows are given only at ``columns`` (each sorted, holding every
+        relevant candidate and the query's own entry). The caller guarantees that every other
+        candidate is farther than all the query's relevant candidates: it then counts for no
+        threshold, and the metrics equal those of the whole rows (M still counts it)."""
+        qidx = np.asarray(query_index, dtype=np.int64)
+        keep, rel_pos, own_pos, rows = [], [], [], []
+        for q, d, cols in zip(qidx, values, columns):
+            own = int(self.self_index[q])
+            rel = self.relevant[q] if own < 0 else self.relevant[q][self.relevant[q] != own]
+            if not len(rel):
+                self.n_skipped += 1
+                continue
+            at = np.searchsorted(cols, rel)
+            if (at >= len(cols)).any() or (cols[np.minimum(at, len(cols) - 1)] != rel).any():
+                raise ValueError(f"query {q}: the given columns lack relevant candidates")
+            o = -1
+            if own >= 0:
+                o = int(np.searchsorted(cols, own))
+                if o >= len(cols) or cols[o] != own:
+                    raise ValueError(f"query {q}: the given columns lack the query's own entry")
+            d = np.asarray(d)
+            keep.append(q)
+            rel_pos.append(at)
+            own_pos.append(o)
+            rows.append(np.where(np.isnan(d), np.inf, d) if np.isnan(d).any() else d)
+        if keep:
+            self._rank(np.array(keep, dtype=np.int64), count_rows(rows, rel_pos, np.array(own_pos)))
+
+    def _rank(self, qidx: np.ndarray, counts: RelevantCounts) -> None:
         n_nonrelevant = self.n_candidates - counts.r_count  # M = N − R: the own entry is one of them
         ap, first, rp = relevant_metrics(counts, n_nonrelevant, self.ties)
         self._parts.append((qidx, ap, first, rp))
