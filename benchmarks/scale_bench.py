@@ -15,7 +15,7 @@ a clique centre. Steps, each in its own process (its own peak RSS):
   given embeddings: encoding 116k texts with MiniLM on CPU is not part of it), and the oracles;
 - ``write_distances`` to .h5 (the real path: a saved model, a feature store, a split CSV and a
   chunk-embedding cache already filled with the synthetic embeddings, so no model runs);
-- ``fuse_files`` of the two .h5 matrices over the weights 0:2:0.1.
+- ``fuse_paths`` of the two .h5 matrices over the weights 0:2:0.1.
 
 Needs 2 · 4 · N² bytes of disk (116,197² float32 is 54 GB per matrix) and refuses to leave less
 than 15 GB free; the files are deleted at the end (``--keep`` keeps them). Last line:

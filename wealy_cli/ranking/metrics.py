@@ -151,21 +151,24 @@ def count_below_and_tied(thresholds: torch.Tensor, distances: torch.Tensor, excl
     cumulative histogram gives the counts at or below each threshold. Candidates equal to that
     threshold (rare with continuous distances: found by one comparison) are counted apart, per
     tie group of thresholds. Counts of disjoint candidate sets add up, so a row may be given in
-    pieces (column tiles, several workers)."""
+    pieces (column tiles, several workers). Runs on the device of ``distances`` (the counts come
+    back there)."""
     b, m = distances.shape
     r_max = thresholds.shape[1]
     exact32 = distances.dtype in (torch.float16, torch.bfloat16, torch.float32)
     d = distances.to(torch.float32 if exact32 else torch.float64)
     d = torch.nan_to_num(d, nan=math.inf, posinf=math.inf, neginf=-math.inf).contiguous()
-    thr = thresholds.to(d.dtype).contiguous()
+    dev = d.device
+    thr = thresholds.to(dev, d.dtype).contiguous()
     first = torch.searchsorted(thr, d, side="left")  # first threshold ≥ d
-    with_end = torch.cat([thr, torch.full((b, 1), math.inf, dtype=thr.dtype)], 1)
+    with_end = torch.cat([thr, torch.full((b, 1), math.inf, dtype=thr.dtype, device=dev)], 1)
     tied = with_end.gather(1, first) == d
     if exclude is not None:
+        exclude = exclude.to(dev)
         first.masked_fill_(exclude, r_max)  # lands in the overflow bin, never counted
-    hist = torch.zeros((b, r_max + 1), dtype=torch.int64)
-    hist.scatter_add_(1, first, torch.ones((1, 1), dtype=torch.int64).expand(b, m))
-    counts = torch.zeros((2, b, r_max), dtype=torch.int64)
+    hist = torch.zeros((b, r_max + 1), dtype=torch.int64, device=dev)
+    hist.scatter_add_(1, first, torch.ones((1, 1), dtype=torch.int64, device=dev).expand(b, m))
+    counts = torch.zeros((2, b, r_max), dtype=torch.int64, device=dev)
     counts[0] = hist.cumsum(1)[:, :r_max]  # at or below, for now
     rows, cols = torch.nonzero(tied, as_tuple=True) if bool(tied.any()) else (None, None)
     if rows is not None and exclude is not None:
@@ -174,8 +177,9 @@ def count_below_and_tied(thresholds: torch.Tensor, distances: torch.Tensor, excl
     if rows is not None and len(rows):
         # a tied candidate sits at the first threshold of its tie group: count it there, then
         # give every threshold of the group that count
-        at_start = torch.zeros((b, r_max + 1), dtype=torch.int64)
-        at_start.index_put_((rows, first[rows, cols]), torch.ones(len(rows), dtype=torch.int64), accumulate=True)
+        at_start = torch.zeros((b, r_max + 1), dtype=torch.int64, device=dev)
+        at_start.index_put_((rows, first[rows, cols]), torch.ones(len(rows), dtype=torch.int64, device=dev),
+                            accumulate=True)
         counts[1] = at_start.gather(1, torch.searchsorted(thr, thr, side="left"))
         counts[0] -= counts[1]
     return counts
