@@ -167,7 +167,7 @@ def clews_distance_matrix(store: Store, split: DatasetSplit, redux: str = "bpwr-
 
 
 def write_clews_distances(store_dir: Path, data: DataSettings, opts: ClewsDistanceOptions, path: Path,
-                          fmt: MatrixFormat) -> tuple[tuple[int, int], Metrics]:
+                          fmt: MatrixFormat, ties: str = "expected") -> tuple[tuple[int, int], Metrics]:
     """CLEWS shingle embeddings → song distances by ``opts.redux``, streamed by blocks, written
     to ``path``; returns the matrix shape and its metrics."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -175,5 +175,5 @@ def write_clews_distances(store_dir: Path, data: DataSettings, opts: ClewsDistan
     matrix = clews_distance_matrix(Store(store_dir), split, redux=opts.redux, block=opts.block, device=device)
     write_matrix(path, matrix, fmt)
     metrics = retrieval_metrics(matrix.distances, matrix.query_cliques, matrix.candidate_cliques,
-                                matrix.query_keys, matrix.candidate_keys)
+                                matrix.query_keys, matrix.candidate_keys, ties=ties)
     return matrix.distances.shape, metrics

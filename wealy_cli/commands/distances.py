@@ -25,7 +25,7 @@ def distances(settings: DistancesSettings) -> None:
     if settings.features == "clews":
         from wealy_cli.clews.distances import write_clews_distances
 
-        shape, metrics = write_clews_distances(settings.store, settings, settings, path, fmt)
+        shape, metrics = write_clews_distances(settings.store, settings, settings, path, fmt, settings.ties)
         ui.show(ui.metrics_table(f"CLEWS {settings.redux}, {settings.dataset}/{settings.split}: "
                                  f"{metrics.n_queries} queries", {"CLEWS": metrics.to_dict()}))
     else:

@@ -220,9 +220,9 @@ def _plain(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def validate(embeddings: np.ndarray, split: DatasetSplit) -> Metrics:
+def validate(embeddings: np.ndarray, split: DatasetSplit, ties: str = "expected") -> Metrics:
     distances = 1.0 - embeddings @ embeddings.T
-    return retrieval_metrics(distances, split.cliques, split.cliques, split.keys, split.keys)
+    return retrieval_metrics(distances, split.cliques, split.cliques, split.keys, split.keys, ties=ties)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -369,7 +369,7 @@ def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: D
     def validation() -> Metrics:
         embeddings = embed_validation(fabric, model, store, val_split.keys, opts.chunk, val_batch,
                                       opts.loader_workers)
-        return validate(embeddings, val_split)
+        return validate(embeddings, val_split, opts.ties)
 
     def over_time() -> bool:
         if opts.time_limit <= 0:

@@ -7,9 +7,9 @@ All-against-all evaluation never holds a chunk × chunk (or song × song) matrix
 sorted by chunk count and clique size and cut into tiles; each pair of tiles (I ≤ J) gives
 one small distance block that is used twice (rows of I, and transposed, rows of J) — the
 matrix is symmetric, so only half of the products are computed. For each tile row the block
-adds, per relevant threshold, how many non-relevant candidates are at or below it
-(``metrics.count_at_or_below``); the counts are integers, so any split of the tile pairs (over
-workers, in any order) sums to exactly the same result.
+adds, per relevant threshold, how many non-relevant candidates are strictly below it and how
+many tie with it (``metrics.count_below_and_tied``); the counts are integers, so any split of
+the tile pairs (over workers, in any order) sums to exactly the same result, with either tie rule.
 
 On a GPU (``device="cuda"``) the tiles, the products and the counts stay on the device; products
 are plain float32 (no TF32), so distances match the CPU's to rounding and the counts are the
@@ -32,7 +32,13 @@ import torch.nn.functional as F
 from wealy_cli.core import ui
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.store import Store
-from wealy_cli.ranking.metrics import Metrics, count_at_or_below, pad_thresholds, per_query_metrics
+from wealy_cli.ranking.metrics import (
+    Metrics,
+    check_ties,
+    count_below_and_tied,
+    pad_thresholds,
+    per_query_metrics,
+)
 
 TILE_ROWS = 2048  # chunk rows per tile: the block of one tile pair is at most 2048² values
 
@@ -157,6 +163,34 @@ def dense_distances(songs: SongSet, topk: int, label: str = "distances",
     return out
 
 
+ROW_BLOCK_BYTES = 2**28  # one block of whole distance rows (256 MB of float32)
+
+
+def distance_rows(songs: SongSet, topk: int, block_bytes: int = ROW_BLOCK_BYTES,
+                  device: str | torch.device | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Whole rows of the song distance matrix, tile by tile: (song positions, float32 block of
+    shape (rows, n) in the original song order), computed on ``device`` (default: the CPU).
+    Every block is computed against every tile (no symmetry: a row block must be complete), at
+    most ``block_bytes`` at a time."""
+    per_block = max(1, block_bytes // (4 * max(1, songs.n)))
+    tiles = songs.on(device)
+    with exact_float32():
+        for tile in tiles:
+            for start in range(0, len(tile.index), per_block):
+                part = _tile_rows(tile, start, start + per_block)
+                out = np.empty((len(part.index), songs.n), dtype=np.float32)
+                for other in tiles:
+                    out[:, other.index] = song_distances(part, other, topk).cpu().numpy()
+                yield part.index, out
+
+
+def _tile_rows(tile: Tile, start: int, stop: int) -> Tile:
+    if start == 0 and stop >= len(tile.index):
+        return tile
+    return Tile(tile.index[start:stop], tile.chunks[start:stop], tile.valid[start:stop],
+                tile.n_chunks[start:stop], tile.clique_ids[start:stop])
+
+
 # ---------------------------------------------------------------- all-against-all metrics
 
 
@@ -175,15 +209,16 @@ class TileCounts:
             padded, r = pad_thresholds([relevant[s] for s in tile.index])
             self.thresholds.append(padded.to(tile.chunks.device, torch.float32))
             self.r_count.append(r)
-            self.counts.append(torch.zeros(padded.shape, dtype=torch.int64, device=tile.chunks.device))
+            self.counts.append(torch.zeros((2, *padded.shape), dtype=torch.int64,
+                                           device=tile.chunks.device))  # below, tied
 
     def add_pair(self, i: int, j: int, topk: int) -> None:
         a, b = self.tiles[i], self.tiles[j]
         block = song_distances(a, b, topk)
         same = a.clique_ids[:, None] == b.clique_ids[None, :]  # relevant or the song itself
-        self.counts[i] += count_at_or_below(self.thresholds[i], block, same)
+        self.counts[i] += count_below_and_tied(self.thresholds[i], block, same)
         if i != j:
-            self.counts[j] += count_at_or_below(self.thresholds[j], block.T.contiguous(), same.T.contiguous())
+            self.counts[j] += count_below_and_tied(self.thresholds[j], block.T.contiguous(), same.T.contiguous())
 
     def flat(self) -> torch.Tensor:
         """All counts as one vector (to sum over workers)."""
@@ -195,21 +230,22 @@ class TileCounts:
             c.copy_(flat[start:start + c.numel()].view_as(c))
             start += c.numel()
 
-    def result(self) -> Metrics:
+    def result(self, ties: str = "expected") -> Metrics:
+        ties = check_ties(ties)
         parts = []
-        for tile, counts, r in zip(self.songs.tiles, self.counts, self.r_count):
-            counts = counts.cpu()
+        for tile, counts, thresholds, r in zip(self.songs.tiles, self.counts, self.thresholds, self.r_count):
+            counts, thresholds = counts.cpu(), thresholds.cpu()
             keep = r > 0
             if not keep.any():
                 continue
-            n_nonrel = torch.from_numpy(self.songs.n - self.songs.clique_size[tile.index])[keep]
-            ap, first, rp = per_query_metrics(counts[keep], r[keep], n_nonrel)
+            n_nonrelevant = self.songs.n - r[keep]  # M = N − R: the song itself is one of them
+            ap, first, rp = per_query_metrics(counts[:, keep], thresholds[keep], r[keep], n_nonrelevant, ties)
             parts.append((tile.index[keep.numpy()], ap, first, rp))
         skipped = int((self.songs.clique_size < 2).sum())
         if not parts:
-            return Metrics.from_per_query(np.zeros(0), np.zeros(0, np.int64), np.zeros(0), None, skipped)
+            return Metrics.from_per_query(np.zeros(0), np.zeros(0), np.zeros(0), None, skipped, ties)
         qidx, ap, first, rp = (np.concatenate(p) for p in zip(*parts))
-        return Metrics.from_per_query(ap, first, rp, qidx, skipped)
+        return Metrics.from_per_query(ap, first, rp, qidx, skipped, ties)
 
 
 def _relevant_distances(songs: SongSet, topk: int, budget: int = TILE_ROWS,
@@ -258,12 +294,14 @@ def _sub_tile(songs: SongSet, group: list[int], where: dict[int, tuple[int, int]
 
 def all_against_all(songs: SongSet, topk: int, rank: int = 0, world: int = 1,
                     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                    label: str = "ranking", device: str | torch.device | None = None) -> Metrics:
+                    label: str = "ranking", device: str | torch.device | None = None,
+                    ties: str = "expected") -> Metrics:
     """Exact MAP/MR1/ARP of all songs against all, computed on ``device`` (default: the CPU);
     this worker does tile pairs rank::world and ``reduce`` sums the flat counts over workers
     (e.g. ``fabric.all_reduce(x, reduce_op="sum")``)."""
     if topk < 1:
         raise UserError(f"--topk must be ≥ 1, got {topk}")
+    check_ties(ties)
     with exact_float32():
         counts = TileCounts(songs, topk, device)
     pairs = songs.tile_pairs()[rank::world]
@@ -274,7 +312,7 @@ def all_against_all(songs: SongSet, topk: int, rank: int = 0, world: int = 1,
             bar.advance(task)
     if reduce is not None and world > 1:
         counts.load_flat(reduce(counts.flat()))
-    return counts.result()
+    return counts.result(ties)
 
 
 def load_songs(cache: Store, keys: Sequence[str], cliques: Sequence[str], tile_rows: int = TILE_ROWS) -> SongSet:

@@ -32,11 +32,13 @@ from wealy_cli.ranking.chunks import embed_chunks, embedding_groups
 from wealy_cli.ranking.matrixfile import MatrixFormat
 from wealy_cli.ranking.metrics import Metrics
 from wealy_cli.ranking.tiles import (
+    ROW_BLOCK_BYTES,
     TILE_ROWS,
     SongSet,
     all_against_all,
     available_memory,
     dense_distances,
+    distance_rows,
     load_songs,
     memory_needed,
     summary,
@@ -193,7 +195,7 @@ def _evaluate(opts: EvaluateRun, rank: int, world: int, barrier: Callable[[], No
     start = time.perf_counter()
     output = opts.run_dir()
     prep = prepare(opts, Path(opts.cache or output / "cache"), rank, world, barrier, device, agree)
-    metrics = all_against_all(prep.songs, opts.topk, rank, world, reduce, device=device)
+    metrics = all_against_all(prep.songs, opts.topk, rank, world, reduce, device=device, ties=opts.ties)
     seconds = time.perf_counter() - start
     info = {**summary(prep.songs), "model": str(prep.model_path), "cache": str(prep.cache_dir),
             "songs without features": len(prep.skipped_empty), "workers": world}
@@ -215,7 +217,7 @@ def write_results(result: EvalResult, opts: EvaluateRun) -> None:
     m, versions = result.metrics, result.split.versions
     for q, ap, first, rp in zip(m.query_index, m.ap, m.first_rank, m.rp):
         v = versions[int(q)]
-        rows.append(f"{_csv(v.key)},{_csv(v.clique)},{ap:.6f},{int(first)},{rp:.4f}")
+        rows.append(f"{_csv(v.key)},{_csv(v.clique)},{ap:.6f},{first:.10g},{rp:.4f}")  # expected: x.5
     write_atomically(out / PER_QUERY, "\n".join(rows) + "\n")
 
 
@@ -229,22 +231,42 @@ def _csv(value: str) -> str:
 
 
 def write_distances(opts: DistancesRun, fmt: MatrixFormat, memory_limit: int | None = None) -> tuple[int, int]:
-    """All-against-all distance matrix of the split, written with ``matrixfile.write_matrix``."""
-    from wealy_cli.ranking.matrixfile import DistanceMatrix, write_matrix
+    """All-against-all distance matrix of the split. ``.h5`` (hdf5) is written row block by row
+    block, never holding the matrix (disk space is checked first); npz and pickle are built in
+    memory (refused when the matrix would not fit)."""
+    from wealy_cli.ranking.matrixfile import DistanceMatrix, MatrixWriter, check_disk_space, hdf5_bytes, write_matrix
 
     features, split = load_data(opts)
-    need = memory_needed(len(split), len(split))
-    limit = memory_limit if memory_limit is not None else int(0.5 * available_memory())
-    if need > limit:  # refuse before any embedding work is spent
-        raise UserError(f"a dense {len(split)}×{len(split)} float32 matrix needs {need / 2**30:.1f} GiB, more than "
-                        f"the {limit / 2**30:.1f} GiB allowed (half the available memory); "
-                        f"use 'wealy evaluate' for metrics, which never builds the matrix")
     path = Path(opts.output)
+    if fmt == "hdf5":  # refuse before any embedding work is spent
+        check_disk_space(path, hdf5_bytes(len(split), len(split)))
+    else:
+        need = memory_needed(len(split), len(split))
+        limit = memory_limit if memory_limit is not None else int(0.5 * available_memory())
+        if need > limit:
+            raise UserError(f"{path}: a dense {len(split)}×{len(split)} float32 matrix needs {need / 2**30:.1f} GiB, "
+                            f"more than the {limit / 2**30:.1f} GiB allowed (half the available memory); "
+                            "write it to an .h5 file instead (by row blocks, never whole)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     prep = prepare(opts, Path(opts.cache or path.parent / "cache"), device=device)
-    dist = dense_distances(prep.songs, opts.topk, device=device)
     meta = {"model": str(prep.model_path), "dataset": opts.dataset, "split": opts.split, "topk": opts.topk,
             "chunk": opts.chunk, "overlap": opts.overlap, "distance": "mean of topk smallest chunk cosine distances"}
-    matrix = DistanceMatrix.square(dist, prep.split.keys, prep.split.cliques, meta)
+    keys, cliques = prep.split.keys, prep.split.cliques
+    if fmt == "hdf5":
+        with MatrixWriter(path, keys, keys, cliques, cliques, meta) as writer:
+            stream_distances(prep.songs, opts.topk, writer, device=device)
+        return len(keys), len(keys)
+    matrix = DistanceMatrix.square(dense_distances(prep.songs, opts.topk, device=device), keys, cliques, meta)
     write_matrix(path, matrix, fmt)
     return matrix.shape
+
+
+def stream_distances(songs: SongSet, topk: int, writer: Any, block_bytes: int = ROW_BLOCK_BYTES,
+                     device: str | None = None) -> None:
+    """Write every row of the songs' distance matrix to ``writer`` (``write_rows``), tile rows
+    by tile rows (computed on ``device``), with a progress bar."""
+    with ui.progress() as bar:
+        task = bar.add_task("distances", total=songs.n, status=f"{songs.n} songs, {len(songs.tiles)} tiles")
+        for index, block in distance_rows(songs, topk, block_bytes, device):
+            writer.write_rows(index, block)
+            bar.advance(task, len(index))
