@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from helpers.cli import run_wealy
 from helpers.hub import COMMIT_A, add_snapshot, original_repo_files
+from helpers.metrics_reference import expected_by_groups, per_query
 from helpers.original import SIZES
 from helpers.stores import make_store
-from metrics_reference import expected_by_groups, per_query
 
 
 def discogs_split(directory, cliques: dict[str, list[str]]):

@@ -1,4 +1,4 @@
-"""Metrics against plain per-query references (tests/metrics_reference.py), literal averages over
+"""Metrics against plain per-query references (tests/helpers/metrics_reference.py), literal averages over
 all permutations of tied candidates, and hand-computed cases."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-import metrics_reference as ref
+import helpers.metrics_reference as ref
 import numpy as np
 import pytest
 

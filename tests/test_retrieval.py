@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import metrics_reference as ref
+import helpers.metrics_reference as ref
 import numpy as np
 import pytest
 import torch
