@@ -15,12 +15,12 @@ from wealy_cli.clews.model import (
     ClewsConfig,
     ClewsModel,
     CQTPrepare,
-    GeMPool,
     load_clews,
     read_state_dict,
     shingle,
     shingle_starts,
 )
+from wealy_cli.core.layers import GeMPool
 
 torch.set_num_threads(1)
 TINY = ClewsConfig(frontend_channels=(4, 8), blocks=(1, 2, 1, 1), channels=(8, 16, 32, 64), zdim=24)

@@ -257,9 +257,9 @@ def test_a_bad_input_on_one_node_stops_both_with_one_line(eval_setup, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("features", ["wealy", "clews"])
-def test_distances_shared_by_two_processes_equal_one_process(features, eval_setup, tmp_path):
-    """The tile (CLEWS: block) pairs are shared; rank 0 gathers them and writes the matrix."""
+@pytest.mark.parametrize("features,suffix", [("wealy", ".npz"), ("wealy", ".h5"), ("clews", ".npz")])
+def test_distances_shared_by_two_processes_equal_one_process(features, suffix, eval_setup, tmp_path):
+    """The tile (CLEWS: block; .h5: row block) pairs are shared; rank 0 gathers them and writes."""
     from wealy_cli.core.store import StoreWriter
     from wealy_cli.ranking.matrixfile import read_matrix
 
@@ -275,12 +275,13 @@ def test_distances_shared_by_two_processes_equal_one_process(features, eval_setu
         listing.write_text("clique,version,path\n" + "".join(f"c{i // 2},v{i},x.mp3\n" for i in range(8)))
         args = ["distances", "--features", "clews", "--store", tmp_path / "clews", "--dataset", "csv",
                 "--metadata", listing, "--block", "2", "--quiet"]
-    two = run_wealy_process(*args, "-o", tmp_path / "two.npz", "--gpus", "0", "--workers", "2", env=ENV, timeout=300)
+    two = run_wealy_process(*args, "-o", tmp_path / f"two{suffix}", "--gpus", "0", "--workers", "2", env=ENV,
+                            timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stderr.count("wrote ") == 1  # rank 0 alone writes and says so
     one = run_wealy(*args, "-o", tmp_path / "one.npz")
     assert one.returncode == 0, one.stderr
-    a, b = read_matrix(tmp_path / "one.npz"), read_matrix(tmp_path / "two.npz")
+    a, b = read_matrix(tmp_path / "one.npz"), read_matrix(tmp_path / f"two{suffix}")
     assert a.query_keys == b.query_keys and a.candidate_keys == b.candidate_keys
     np.testing.assert_allclose(b.distances, a.distances, rtol=0, atol=1e-6)
 

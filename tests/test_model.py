@@ -94,7 +94,7 @@ def test_gem_pool_matches_hand_computation():
         model.pool.p.copy_(torch.randn(1, 16, 1))
     h = torch.randn(2, 5, 16)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
-    got = model.pool(h, mask).detach().numpy()
+    got = model.pool(h.transpose(1, 2), mask).detach().numpy()  # (B, C, T) layout
     theta = model.pool.p.detach().numpy().reshape(16)
     p = 1 + np.log1p(np.exp(theta))
     for b, n in enumerate((3, 5)):

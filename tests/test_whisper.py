@@ -282,3 +282,32 @@ def test_bin_only_directory_is_read_weights_only_into_a_safetensors_copy(tmp_pat
     assert torch.equal(ours.decoder.token_embedding.weight, original["model.decoder.embed_tokens.weight"])
     assert locate_whisper(str(model_dir))[1] == torch_dir  # cached: the .bin is not read again
     assert len(calls) == 1
+
+
+def test_faster_whispers_private_segment_splitter_still_behaves_as_wealy_assumes(tiny_dir):
+    """wealy's seek loop calls faster-whisper's private ``_split_segments_by_timestamps`` (pinned:
+    faster-whisper 1.2.x). If an upgrade changes its signature or rules, this fails loudly.
+    Expected values by Whisper's rules: a timestamp token is 0.02 s; a pair of equal timestamps
+    ends a segment; a window ending on a timestamp is consumed whole (seek + segment size)."""
+    import inspect
+
+    import faster_whisper
+    from faster_whisper import WhisperModel
+    from faster_whisper.tokenizer import Tokenizer
+
+    assert faster_whisper.__version__.startswith("1.2."), faster_whisper.__version__
+    params = list(inspect.signature(WhisperModel._split_segments_by_timestamps).parameters)
+    assert params == ["self", "tokenizer", "tokens", "time_offset", "segment_size", "segment_duration", "seek"]
+    model = WhisperModel(str(tiny_dir), compute_type="int8", cpu_threads=1)
+    tok = Tokenizer(model.hf_tokenizer, False, task="transcribe", language="en")
+    t0, words, more = tok.timestamp_begin, tok.encode(" hello world"), tok.encode(" again")
+    split = model._split_segments_by_timestamps
+    segments, seek, single_ending = split(tokenizer=tok, tokens=[t0, *words, t0 + 50, t0 + 50, *more, t0 + 100],
+                                          time_offset=10.0, segment_size=3000, segment_duration=30.0, seek=1000)
+    assert [(s["start"], s["end"], s["tokens"]) for s in segments] == [
+        (10.0, 11.0, [t0, *words, t0 + 50]), (11.0, 12.0, [t0 + 50, *more, t0 + 100])]
+    assert (seek, single_ending) == (4000, True)
+    segments, seek, single_ending = split(tokenizer=tok, tokens=[t0, *words, t0 + 50, *more], time_offset=10.0,
+                                          segment_size=3000, segment_duration=30.0, seek=1000)
+    assert [(s["start"], s["end"], s["tokens"]) for s in segments] == [(10.0, 11.0, [t0, *words, t0 + 50, *more])]
+    assert (seek, single_ending) == (4000, False)

@@ -29,6 +29,7 @@ from wealy_cli.core import ui
 from wealy_cli.core.datasets import DatasetSplit, load_split
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.launch import Workers
+from wealy_cli.core.layers import pad_sequences
 from wealy_cli.core.settings import DataSettings
 from wealy_cli.core.store import Store
 from wealy_cli.ranking.matrixfile import DistanceMatrix, MatrixFormat, write_matrix
@@ -90,18 +91,6 @@ def _bpwr(masked: torch.Tensor, k: int) -> torch.Tensor:
 # ---------------------------------------------------------------- streaming over a store
 
 
-def _padded(arrays: Sequence[np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, smax, d) float32 zero-padded tensor and (n, smax) validity mask."""
-    smax = max(a.shape[0] for a in arrays)
-    dim = arrays[0].shape[1]
-    out = np.zeros((len(arrays), smax, dim), np.float32)
-    mask = np.zeros((len(arrays), smax), bool)
-    for i, a in enumerate(arrays):
-        out[i, : a.shape[0]] = a
-        mask[i, : a.shape[0]] = True
-    return torch.from_numpy(out).to(device), torch.from_numpy(mask).to(device)
-
-
 def _read(store: Store, cache: dict[str, np.ndarray] | None, key: str) -> np.ndarray:
     return cache[key] if cache is not None and key in cache else store[key]
 
@@ -152,9 +141,9 @@ def clews_song_distances(
             for qb, cb in mine:
                 (q0, q1), (c0, c1) = qspans[qb], cspans[cb]
                 if loaded[0] != qb:  # pairs come row by row: each query block is read once
-                    loaded = (qb, *_padded([_read(store, cache, k) for k in qkeys[q0:q1]], device))
+                    loaded = (qb, *pad_sequences([_read(store, cache, k) for k in qkeys[q0:q1]], device=device))
                 _, q, qmask = loaded
-                c, cmask = _padded([_read(store, cache, k) for k in ckeys[c0:c1]], device)
+                c, cmask = pad_sequences([_read(store, cache, k) for k in ckeys[c0:c1]], device=device)
                 valid = qmask[:, None, :, None] & cmask[None, :, None, :]
                 yield qb, cb, reduce_pairs(block_distances(q, c), redux, valid).cpu().numpy()
                 bar.advance(task)
@@ -200,7 +189,8 @@ def clews_distance_matrix(store: Store, split: DatasetSplit, redux: str = "bpwr-
 
 
 def write_clews_distances(store_dir: Path, data: DataSettings, opts: ClewsDistanceOptions, path: Path,
-                          fmt: MatrixFormat, workers: Workers | None = None) -> tuple[tuple[int, int], Metrics] | None:
+                          fmt: MatrixFormat, ties: str = "expected",
+                          workers: Workers | None = None) -> tuple[tuple[int, int], Metrics] | None:
     """CLEWS shingle embeddings → song distances by ``opts.redux``, streamed by blocks, written
     to ``path`` by rank 0; returns the matrix shape and its metrics (None on other ranks)."""
     workers = workers or Workers(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -211,5 +201,5 @@ def write_clews_distances(store_dir: Path, data: DataSettings, opts: ClewsDistan
         return None
     write_matrix(path, matrix, fmt)
     metrics = retrieval_metrics(matrix.distances, matrix.query_cliques, matrix.candidate_cliques,
-                                matrix.query_keys, matrix.candidate_keys)
+                                matrix.query_keys, matrix.candidate_keys, ties=ties)
     return matrix.distances.shape, metrics

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from wealy_cli.core.errors import UserError
+from wealy_cli.core.layers import GeMPool
 from wealy_cli.core.safepickle import load_checkpoint
 
 SAMPLE_RATE = 16000
@@ -125,20 +126,6 @@ class IBNResBlock(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.gain * self.convs(h) + self.skip(h)
-
-
-class GeMPool(nn.Module):
-    """Generalised mean over all positions with a learned exponent p = 1 + softplus(θ), init 3."""
-
-    def __init__(self, channels: int = 1, init: float = 3.0, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.p = nn.Parameter(math.log(math.exp(init - 1) - 1) * torch.ones(1, channels, 1))
-        self.eps = eps
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, C, ...) -> (B, C)
-        h = h.flatten(start_dim=2)
-        p = 1 + nn.functional.softplus(self.p)
-        return h.clamp(min=self.eps).pow(p).mean(-1).pow(1 / p.squeeze(-1))
 
 
 def _cqt(cfg: ClewsConfig) -> nn.Module:

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, ValidationError, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
@@ -30,6 +29,7 @@ from torch import nn
 
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.files import replace_atomically, temporary_name, write_atomically
+from wealy_cli.core.layers import GeMPool
 from wealy_cli.model.options import ArchitectureOptions
 
 _POOL_ALIASES = {"gem": "gem", "gempool": "gem", "mean": "mean", "meanpool": "mean"}
@@ -96,26 +96,6 @@ class SinusoidalPositions(nn.Module):
         return x + self.table[: x.shape[1]].to(x.dtype)
 
 
-class GeMPool(nn.Module):
-    """Generalised mean over the valid rows: (mean_t clamp(x, eps)^p)^(1/p), p = 1 + softplus(θ)
-    learned per channel. ``p`` holds θ, shape (1, C, 1) as in the original."""
-
-    def __init__(self, channels: int, init: float = 3.0, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.p = nn.Parameter(torch.full((1, channels, 1), math.log(math.exp(init - 1) - 1)))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # x: (B, T, C). Work in fp32: x^p overflows bf16/fp16 quickly.
-        p = 1 + F.softplus(self.p.float().squeeze(-1))  # (1, C)
-        valid = mask[..., None]  # (B, T, 1)
-        # where(), not a product: a padded row must not leak even if it holds NaN or Inf.
-        powered = torch.where(valid, x.float().clamp(min=self.eps).pow(p[:, None, :]), 0.0)
-        mean = powered.sum(1) / valid.sum(1).clamp(min=1)
-        # An empty sequence gives mean 0; the clamp keeps pow and its gradient finite.
-        return mean.clamp(min=self.eps ** 3).pow(1 / p)
-
-
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over valid rows; zeros for a sequence with no valid row."""
     valid = mask[..., None]
@@ -153,7 +133,7 @@ class WealyTransformer(nn.Module):
             ignore = ignore.clone()
             ignore[empty, 0] = False
         h = self.transformer(h, src_key_padding_mask=ignore)
-        pooled = self.pool(h, mask) if self.pool is not None else masked_mean(h.float(), mask)
+        pooled = self.pool(h.transpose(1, 2), mask) if self.pool is not None else masked_mean(h.float(), mask)
         return self.proj(pooled.to(h.dtype))
 
 

@@ -12,7 +12,7 @@ from pydantic import model_validator
 
 from wealy_cli.core.launch import DeviceOptions, NodeOptions
 from wealy_cli.core.settings import CreatableDir, DataSettings, ExistingDir, Options, SplitName, option
-from wealy_cli.ranking.options import PAPER_CHUNK
+from wealy_cli.ranking.options import PAPER_CHUNK, TieOptions
 
 
 class ArchitectureOptions(Options):
@@ -48,7 +48,7 @@ class LossOptions(Options):
     clews_weight: float = option(0.5, "CLEWS loss: weight of the uniformity term.", ge=0.0)
 
 
-class TrainOptions(ArchitectureOptions, LossOptions):
+class TrainOptions(ArchitectureOptions, LossOptions, TieOptions):
     """The training recipe (DESIGN §5)."""
 
     per_clique: int = option(2, "Versions of a clique per item (the anchor and its positives).", ge=2)

@@ -50,6 +50,7 @@ from wealy_cli.core.datasets import DatasetSplit, load_split
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.files import replace_atomically
 from wealy_cli.core.launch import Workers, launch, resolve_devices
+from wealy_cli.core.layers import pad_sequences
 from wealy_cli.core.store import Store
 from wealy_cli.model.losses import make_loss
 from wealy_cli.model.network import ModelConfig, build_model, count_parameters, save_weights
@@ -134,17 +135,20 @@ class FirstChunkDataset(Dataset):
 
 
 def collate(batch: list[tuple[list[np.ndarray], list[int], list[int]]]) -> dict[str, torch.Tensor]:
-    """Pad to the longest sequence (at least one row): x (N, T, d) float32, mask (N, T)."""
-    seqs = [s for rows, _, _ in batch for s in rows]
-    T = max(1, max(len(s) for s in seqs))
-    x = torch.zeros(len(seqs), T, seqs[0].shape[1])
-    mask = torch.zeros(len(seqs), T, dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        x[i, : len(s)] = torch.from_numpy(np.asarray(s, dtype=np.float32))
-        mask[i, : len(s)] = True
+    """Pad to the longest sequence (at least one row): x (N, T, d) in the store's float16, mask (N, T).
+
+    float16 until the device (:func:`model_input`): the stored values exactly, half the bytes
+    through the loader processes and to the GPU, and 3-6x less collate time than float32 (a
+    paper-size batch, 128 x 1500 x 1280, is 470 MB instead of 940 MB)."""
+    x, mask = pad_sequences([s for rows, _, _ in batch for s in rows], min_length=1, dtype=torch.float16)
     labels = torch.tensor([label for _, ls, _ in batch for label in ls])
     ids = torch.tensor([i for _, _, ids in batch for i in ids])
     return {"x": x, "mask": mask, "labels": labels, "ids": ids}
+
+
+def model_input(fabric: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x float32, mask) of a collated batch on the device: stored float16 values, exactly."""
+    return fabric.to_device(batch["x"]).float(), fabric.to_device(batch["mask"])
 
 
 def rank_batches(items: list[Item], batch_size: int, world: int, rank: int, limit: int = 0) -> list[Item]:
@@ -189,12 +193,12 @@ def embed_validation(fabric: Any, model: torch.nn.Module, store: Store, keys: li
     world, rank = fabric.world_size, fabric.global_rank
     mine = list(range(rank, len(keys), world))
     loader = DataLoader(FirstChunkDataset(store, [keys[i] for i in mine], chunk), batch_size=batch,
-                        collate_fn=collate, num_workers=workers)
+                        collate_fn=collate, num_workers=workers, pin_memory=fabric.device.type == "cuda")
     model.eval()
     out = []
     for b in loader:
         with fabric.autocast():
-            z = model(fabric.to_device(b["x"]), fabric.to_device(b["mask"]))
+            z = model(*model_input(fabric, b))
         out.append(torch.nn.functional.normalize(z.float(), dim=-1))
     zdim = _plain(model).cfg.zdim
     local = torch.cat(out) if out else torch.zeros(0, zdim, device=fabric.device)
@@ -215,9 +219,9 @@ def _plain(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def validate(embeddings: np.ndarray, split: DatasetSplit) -> Metrics:
+def validate(embeddings: np.ndarray, split: DatasetSplit, ties: str = "expected") -> Metrics:
     distances = 1.0 - embeddings @ embeddings.T
-    return retrieval_metrics(distances, split.cliques, split.cliques, split.keys, split.keys)
+    return retrieval_metrics(distances, split.cliques, split.cliques, split.keys, split.keys, ties=ties)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -362,7 +366,7 @@ def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: D
     def validation() -> Metrics:
         embeddings = embed_validation(fabric, model, store, val_split.keys, opts.chunk, val_batch,
                                       opts.loader_workers)
-        return validate(embeddings, val_split)
+        return validate(embeddings, val_split, opts.ties)
 
     def over_time() -> bool:
         if opts.time_limit <= 0:
@@ -409,7 +413,7 @@ def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: D
         items = rank_batches(plan_epoch(train_split, opts.per_clique, opts.seed, epoch), opts.batch_size, world,
                              rank, opts.limit_batches)
         loader = DataLoader(CropDataset(store, items, opts.chunk), batch_size=opts.batch_size, collate_fn=collate,
-                            num_workers=opts.loader_workers, shuffle=False)
+                            num_workers=opts.loader_workers, shuffle=False, pin_memory=fabric.device.type == "cuda")
         model.train()
         losses, samples, t0 = [], 0, time.monotonic()
         interrupted = False
@@ -417,15 +421,16 @@ def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: D
             task = progress.add_task(f"epoch {epoch + 1}/{opts.max_epochs}", total=len(loader), status="") \
                 if progress is not None else None
             for batch in loader:
-                batch = fabric.to_device(batch)
+                x, mask = model_input(fabric, batch)
+                labels, ids = fabric.to_device(batch["labels"]), fabric.to_device(batch["ids"])
                 with fabric.autocast():
-                    z = model(batch["x"], batch["mask"])
+                    z = model(x, mask)
                 if opts.gather:
-                    z, labels, ids = gather_batch(fabric, z, batch["labels"], batch["ids"])
+                    z, labels, ids = gather_batch(fabric, z, labels, ids)
                     loss = loss_fn(z, labels, ids)
                     fabric.backward(loss * world)
                 else:
-                    loss = loss_fn(z, batch["labels"], batch["ids"])
+                    loss = loss_fn(z, labels, ids)
                     fabric.backward(loss)
                 if opts.grad_clip > 0:
                     fabric.clip_gradients(model, optimizer, max_norm=opts.grad_clip)
@@ -435,7 +440,7 @@ def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: D
                 workers.check()
                 mean_loss = fabric.all_reduce(loss.detach(), reduce_op="mean") if not opts.gather else loss.detach()
                 losses.append(float(mean_loss))
-                samples += len(batch["x"]) * world
+                samples += len(x) * world
                 if task is not None:
                     rate = samples / max(time.monotonic() - t0, 1e-9)
                     progress.update(task, advance=1, status=f"loss {losses[-1]:.4f} lr {lr:.2e} {rate:.1f} samples/s")

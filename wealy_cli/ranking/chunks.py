@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from wealy_cli.core import ui
+from wealy_cli.core.layers import pad_sequences
 from wealy_cli.core.store import Store, StoreWriter
 from wealy_cli.ranking.options import EmbedOptions
 
@@ -94,12 +95,6 @@ def _flush(model: torch.nn.Module, pending: list[tuple[str, int]], chunks: list[
 
 
 def _embed(model: torch.nn.Module, chunks: list[torch.Tensor]) -> torch.Tensor:
-    longest = max(c.shape[0] for c in chunks)
-    x = torch.zeros(len(chunks), longest, chunks[0].shape[1])
-    mask = torch.zeros(len(chunks), longest, dtype=torch.bool)
-    for i, c in enumerate(chunks):
-        x[i, :c.shape[0]] = c
-        mask[i, :c.shape[0]] = True
-    device = next(model.parameters()).device
-    z = model(x.to(device), mask.to(device)).float().cpu()
+    x, mask = pad_sequences(chunks, device=next(model.parameters()).device)
+    z = model(x, mask).float().cpu()
     return F.normalize(z, dim=-1)

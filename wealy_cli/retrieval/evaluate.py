@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from wealy_cli.core import ui
 from wealy_cli.core.datasets import DatasetSplit, load_split
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.files import write_atomically
@@ -27,14 +32,17 @@ from wealy_cli.ranking.chunks import embed_chunks, embedding_groups
 from wealy_cli.ranking.matrixfile import MatrixFormat
 from wealy_cli.ranking.metrics import Metrics
 from wealy_cli.ranking.tiles import (
+    ROW_BLOCK_BYTES,
     TILE_ROWS,
     SongSet,
     all_against_all,
     assemble_distances,
     available_memory,
     distance_blocks,
+    distance_rows,
     load_songs,
     memory_needed,
+    row_blocks,
     summary,
 )
 from wealy_cli.retrieval.options import DistancesRun, EvaluateRun, ModelOnSplit, ModelSource
@@ -171,7 +179,8 @@ def _evaluate(opts: EvaluateRun, workers: Workers) -> EvalResult | None:
     output = opts.run_dir()
     prep = prepare(opts, Path(opts.cache or output / "cache"), workers)
     reduce = workers.all_reduce if workers.world > 1 else None
-    metrics = all_against_all(prep.songs, opts.topk, workers.rank, workers.world, reduce, check=workers.check)
+    metrics = all_against_all(prep.songs, opts.topk, workers.rank, workers.world, reduce, device=workers.device,
+                              ties=opts.ties, check=workers.check)
     seconds = time.perf_counter() - start
     info = {**summary(prep.songs), "model": str(prep.model_path), "cache": str(prep.cache_dir),
             "songs without features": len(prep.skipped_empty), "workers": workers.world}
@@ -193,7 +202,7 @@ def write_results(result: EvalResult, opts: EvaluateRun) -> None:
     m, versions = result.metrics, result.split.versions
     for q, ap, first, rp in zip(m.query_index, m.ap, m.first_rank, m.rp):
         v = versions[int(q)]
-        rows.append(f"{_csv(v.key)},{_csv(v.clique)},{ap:.6f},{int(first)},{rp:.4f}")
+        rows.append(f"{_csv(v.key)},{_csv(v.clique)},{ap:.6f},{first:.10g},{rp:.4f}")  # expected: x.5
     write_atomically(out / PER_QUERY, "\n".join(rows) + "\n")
 
 
@@ -208,41 +217,72 @@ def _csv(value: str) -> str:
 
 def write_distances(opts: DistancesRun, fmt: MatrixFormat,
                     memory_limit: int | None = None) -> tuple[tuple[int, int], Metrics | None] | None:
-    """All-against-all distance matrix of the split, written with ``matrixfile.write_matrix`` by
-    rank 0: (its shape, the CLEWS metrics with ``--features clews``) on rank 0, None elsewhere.
-    The tile pairs (CLEWS: block pairs) are shared by the processes of the run."""
+    """All-against-all distance matrix of the split, written by rank 0: (its shape, the CLEWS
+    metrics with ``--features clews``) on rank 0, None elsewhere. The tile pairs (CLEWS: block
+    pairs; ``.h5``: row blocks) are shared by the processes of the run."""
     devices = resolve_devices(opts)
     with launch(devices, opts.nodes, peer_timeout=opts.peer_timeout) as workers:
         if opts.features == "clews":
             from wealy_cli.clews.distances import write_clews_distances
 
-            return write_clews_distances(opts.store, opts, opts, Path(opts.output), fmt, workers)
+            return write_clews_distances(opts.store, opts, opts, Path(opts.output), fmt, opts.ties, workers)
         shape = _write_model_distances(opts, fmt, memory_limit, workers)
         return None if shape is None else (shape, None)
 
 
 def _write_model_distances(opts: DistancesRun, fmt: MatrixFormat, memory_limit: int | None,
                            workers: Workers) -> tuple[int, int] | None:
-    from wealy_cli.ranking.matrixfile import DistanceMatrix, write_matrix
+    """``.h5`` (hdf5) is written row block by row block, never holding the matrix (disk space is
+    checked first); npz and pickle are built in memory (refused when the matrix would not fit)."""
+    from wealy_cli.ranking.matrixfile import DistanceMatrix, MatrixWriter, check_disk_space, hdf5_bytes, write_matrix
 
     features, split = load_data(opts)
-    need = memory_needed(len(split), len(split))
-    limit = memory_limit if memory_limit is not None else int(0.5 * available_memory())
-    if need > limit:  # refuse before any embedding work is spent
-        raise UserError(f"a dense {len(split)}×{len(split)} float32 matrix needs {need / 2**30:.1f} GiB, more than "
-                        f"the {limit / 2**30:.1f} GiB allowed (half the available memory); "
-                        f"use 'wealy evaluate' for metrics, which never builds the matrix")
     path = Path(opts.output)
+    if fmt == "hdf5":  # refuse before any embedding work is spent
+        check_disk_space(path, hdf5_bytes(len(split), len(split)))
+    else:
+        need = memory_needed(len(split), len(split))
+        limit = memory_limit if memory_limit is not None else int(0.5 * available_memory())
+        if need > limit:
+            raise UserError(f"{path}: a dense {len(split)}×{len(split)} float32 matrix needs {need / 2**30:.1f} GiB, "
+                            f"more than the {limit / 2**30:.1f} GiB allowed (half the available memory); "
+                            "write it to an .h5 file instead (by row blocks, never whole)")
     prep = prepare(opts, Path(opts.cache or path.parent / "cache"), workers)
-    blocks = distance_blocks(prep.songs, opts.topk, workers.rank, workers.world, check=workers.check)
+    meta = {"model": str(prep.model_path), "dataset": opts.dataset, "split": opts.split, "topk": opts.topk,
+            "chunk": opts.chunk, "overlap": opts.overlap, "distance": "mean of topk smallest chunk cosine distances"}
+    keys, cliques = prep.split.keys, prep.split.cliques
+    if fmt == "hdf5":
+        with MatrixWriter(path, keys, keys, cliques, cliques, meta) if workers.is_main else nullcontext() as writer:
+            stream_distances(prep.songs, opts.topk, writer, device=workers.device, workers=workers)
+        return (len(keys), len(keys)) if workers.is_main else None
+    blocks = distance_blocks(prep.songs, opts.topk, workers.rank, workers.world, device=workers.device,
+                             check=workers.check)
     if workers.world > 1:  # rank 0 assembles every process's blocks
         parts = workers.gather_object(list(blocks))
         if parts is None:
             return None
         blocks = (b for part in parts for b in part)
-    dist = assemble_distances(prep.songs, blocks)
-    meta = {"model": str(prep.model_path), "dataset": opts.dataset, "split": opts.split, "topk": opts.topk,
-            "chunk": opts.chunk, "overlap": opts.overlap, "distance": "mean of topk smallest chunk cosine distances"}
-    matrix = DistanceMatrix.square(dist, prep.split.keys, prep.split.cliques, meta)
+    matrix = DistanceMatrix.square(assemble_distances(prep.songs, blocks), keys, cliques, meta)
     write_matrix(path, matrix, fmt)
     return matrix.shape
+
+
+def stream_distances(songs: SongSet, topk: int, writer: Any, block_bytes: int = ROW_BLOCK_BYTES,
+                     device: str | torch.device | None = None, workers: Workers | None = None) -> None:
+    """Write every row of the songs' distance matrix to ``writer`` (``write_rows``), tile rows
+    by tile rows (computed on ``device``), with a progress bar. With ``workers``, each process
+    computes every world-th row block and rank 0 (alone with a ``writer``) writes them, one
+    round of blocks at a time: rank 0 holds about ``block_bytes`` of rows, never the matrix."""
+    workers = workers or Workers()
+    block_bytes = max(1, block_bytes // workers.world)
+    rounds = math.ceil(len(row_blocks(songs, block_bytes)) / workers.world)
+    mine = distance_rows(songs, topk, block_bytes, device, workers.rank, workers.world)
+    with ui.progress() as bar:
+        task = bar.add_task("distances", total=songs.n, status=f"{songs.n} songs, {len(songs.tiles)} tiles")
+        for _ in range(rounds):
+            block = next(mine, None)
+            workers.check()
+            for part in (workers.gather_object(block) if workers.world > 1 else [block]) or []:
+                if part is not None:
+                    writer.write_rows(*part)
+                    bar.advance(task, len(part[0]))

@@ -11,7 +11,7 @@ from pydantic import AfterValidator, model_validator
 from wealy_cli.clews.options import ClewsDistanceOptions
 from wealy_cli.core.launch import DeviceOptions, NodeOptions
 from wealy_cli.core.settings import CommaList, CreatableDir, DataSettings, ExistingDir, ExistingPath, Options, option
-from wealy_cli.ranking.options import EmbedOptions
+from wealy_cli.ranking.options import EmbedOptions, TieOptions
 
 BASELINES = ("sbert", "tfidf-cosine", "tfidf-lucene", "bm25", "ideal", "random", "modified-ideal",
              "modified-random")
@@ -35,7 +35,7 @@ class ModelOnSplit(DataSettings, ModelSource, EmbedOptions):
                                         shown_default="next to the output")
 
 
-class EvaluateRun(ModelOnSplit, DeviceOptions, NodeOptions):
+class EvaluateRun(ModelOnSplit, DeviceOptions, NodeOptions, TieOptions):
     """``wealy evaluate``: a model ranked all-against-all on a split."""
 
     output: CreatableDir | None = option(None, "Run directory for results.json, per_query.csv and settings.yaml.",
@@ -48,7 +48,7 @@ class EvaluateRun(ModelOnSplit, DeviceOptions, NodeOptions):
         return Path("runs") / "evaluate" / f"{name}-{self.dataset}-{self.split}"
 
 
-class DistancesRun(ModelOnSplit, ClewsDistanceOptions, DeviceOptions, NodeOptions):
+class DistancesRun(ModelOnSplit, ClewsDistanceOptions, TieOptions, DeviceOptions, NodeOptions):
     """``wealy distances``: the all-against-all distance matrix of a split, written to a file."""
 
     output: Path = option(help="Matrix file: .npz, .h5 or .pkl.", short="-o")
@@ -77,7 +77,7 @@ def _baseline_names(names: list[str]) -> list[str]:
 BaselineNames = Annotated[CommaList, AfterValidator(_baseline_names)]
 
 
-class BaselineOptions(Options):
+class BaselineOptions(TieOptions):
     """The transcription baselines' own knobs (TF-IDF and validity rules are the paper's, fixed)."""
 
     seed: int = option(42, "Seed of the random baselines.")

@@ -76,6 +76,8 @@ def load_models(settings: WhisperExtractOptions, device: torch.device, threads: 
     compute_type = resolved_compute_type(settings.compute_type, on_gpu)
     transcriber = open_model(ct2_dir, device="cuda" if on_gpu else "cpu", device_index=device.index or 0,
                              compute_type=compute_type, cpu_threads=threads)
+    if on_gpu:
+        check_ctranslate2_gpu(transcriber, device)
     if not transcriber.model.is_multilingual and settings.language not in ("auto", "en"):
         raise UserError(f"--language {settings.language}: model {settings.model} is English-only (use en or auto)")
     network = load_ct2_whisper(torch_dir) if kind == "ct2" else load_transformers_whisper(torch_dir)
@@ -85,6 +87,20 @@ def load_models(settings: WhisperExtractOptions, device: torch.device, threads: 
     # relative, rows ≈ 2e-6): keep it instead of running the encoder twice.
     reuse = not on_gpu and compute_type == "float32" and dtype == torch.float32
     return LoadedModels(transcriber, network.to(device=device, dtype=dtype), settings.model, reuse)
+
+
+def check_ctranslate2_gpu(transcriber: Transcriber, device: torch.device) -> None:
+    """Encode one silent window on the GPU before any song is read: CTranslate2 loads its CUDA
+    libraries (cuBLAS) only at the first product, and without them every song would fail alike."""
+    import ctranslate2
+
+    try:
+        transcriber.encode(np.zeros((transcriber.model.n_mels, 3000), np.float32))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"--gpus: CTranslate2 {ctranslate2.__version__} cannot decode on {device} ({first}); "
+                        f"its wheels need CUDA 12 libraries (cuBLAS 12) it can load, e.g. pip install "
+                        f"nvidia-cublas-cu12 and that package's lib folder on LD_LIBRARY_PATH") from err
 
 
 def resolved_compute_type(compute_type: str, on_gpu: bool) -> str:
@@ -139,27 +155,33 @@ class _Pending:
 
 def extract_share(settings: WhisperExtractOptions, versions: list[Version], rank: int = 0,
                   device: torch.device | None = None, threads: int = 0,
+                  decode: DecodeOptions | None = None, models: LoadedModels | None = None,
                   check: Callable[[], None] = lambda: None) -> Summary:
     """Extract ``versions`` (this worker's share) into the store with writer ``w<rank>``;
-    ``check`` is called after every song (it raises to stop the run)."""
+    ``check`` is called after every song (it raises to stop the run).
+
+    For measurements (benchmarks/gpu_check.py), never for a store whose content must follow its
+    recorded settings: ``decode`` replaces the decoding options the settings imply (language and
+    prompt with Whisper's defaults), and ``models`` (from :func:`load_models`) skips loading."""
     start = time.perf_counter()
     device = device or torch.device("cpu")
     summary = Summary(total=len(versions))
-    models = load_models(settings, device, threads)
+    own = models is None
+    models = models or load_models(settings, device, threads)
     try:
-        _extract(settings, versions, rank, models, summary, check)
+        _extract(settings, versions, rank, models, summary, decode, check)
     finally:
-        # CTranslate2's thread pool goes now, not at interpreter exit.
-        del models
-        gc.collect()
+        if own:  # CTranslate2's thread pool goes now, not at interpreter exit
+            del models
+            gc.collect()
     summary.wall_seconds = time.perf_counter() - start
     return summary
 
 
 def _extract(settings: WhisperExtractOptions, versions: list[Version], rank: int, models: LoadedModels,
-             summary: Summary, check: Callable[[], None]) -> None:
+             summary: Summary, decode: DecodeOptions | None, check: Callable[[], None]) -> None:
     dim = models.network.dims.n_text_state if settings.features == "decoder" else models.network.dims.n_audio_state
-    options = DecodeOptions(language=settings.language, initial_prompt=settings.prompt or None)
+    options = decode or DecodeOptions(language=settings.language, initial_prompt=settings.prompt or None)
     pending: list[_Pending] = []
     with StoreWriter(settings.output_dir(), dim, writer=f"w{rank}", settings=settings.content_settings(),
                      kind=f"whisper-{settings.features}") as writer, ui.progress() as bar:
@@ -292,7 +314,8 @@ def _extract_all(settings: WhisperExtractOptions, versions: list[Version], worke
                  on_gpu: bool) -> Summary | None:
     # Processes of one node share its cores (CTranslate2 threads; 0 = its default on GPU).
     threads = 0 if on_gpu or workers.world == 1 else torch.get_num_threads()
-    summary = extract_share(settings, workers.share(versions), workers.rank, workers.device, threads, workers.check)
+    summary = extract_share(settings, workers.share(versions), workers.rank, workers.device, threads,
+                            check=workers.check)
     parts = workers.gather_object(summary)
     if parts is None:
         return None
