@@ -73,6 +73,30 @@ def test_distance_rows_cover_the_dense_matrix_row_block_by_row_block(block_bytes
     np.testing.assert_allclose(out, dense_reference(emb, 2), atol=2e-6)
 
 
+def test_shared_row_blocks_and_tile_pairs_cover_the_matrix_once():
+    """Three workers' row blocks (distance_rows rank::3) and tile-pair blocks (distance_blocks)
+    together give the dense reference, each row and each pair exactly once."""
+    from wealy_cli.ranking.tiles import assemble_distances, distance_blocks, row_blocks
+
+    rng = np.random.default_rng(6)
+    emb, cliques = random_songs(rng, 90, 4)
+    songs = SongSet([e.astype(np.float32) for e in emb], cliques, tile_rows=24)
+    reference = dense_reference(emb, 2)
+    block_bytes = 4 * 90 * 7
+    assert len(row_blocks(songs, block_bytes)) > 6
+    seen = np.zeros(90, dtype=int)
+    out = np.full((90, 90), np.nan, dtype=np.float32)
+    for rank in range(3):
+        for index, block in distance_rows(songs, 2, block_bytes, rank=rank, world=3):
+            out[index] = block
+            seen[index] += 1
+    assert (seen == 1).all()
+    np.testing.assert_allclose(out, reference, atol=2e-6)
+    blocks = [b for rank in range(3) for b in distance_blocks(songs, 2, rank, 3)]
+    assert sorted((i, j) for i, j, _ in blocks) == songs.tile_pairs()
+    np.testing.assert_allclose(assemble_distances(songs, blocks), reference, atol=2e-6)
+
+
 def reference_metrics(dist, cliques, ties="expected"):
     reference = ref.expected_by_groups if ties == "expected" else ref.pessimistic
     return ref.per_query(reference, dist, cliques, cliques, np.arange(len(cliques)))

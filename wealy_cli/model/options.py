@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from wealy_cli.core.launch import DeviceOptions
+from wealy_cli.core.launch import DeviceOptions, NodeOptions
 from wealy_cli.core.settings import CreatableDir, DataSettings, ExistingDir, Options, SplitName, option
 from wealy_cli.ranking.options import PAPER_CHUNK, TieOptions
 
@@ -71,7 +71,7 @@ class TrainOptions(ArchitectureOptions, LossOptions, TieOptions):
     seed: int = option(42, "Random seed (order, crops, initialisation).")
 
 
-class TrainRun(DataSettings, TrainOptions, DeviceOptions):
+class TrainRun(DataSettings, TrainOptions, DeviceOptions, NodeOptions):
     """``wealy train``: the recipe, where the data is and where the run goes."""
 
     store: ExistingDir = option(help="Feature store made by 'wealy extract'.")

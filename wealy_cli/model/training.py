@@ -49,9 +49,8 @@ from wealy_cli.core import ui
 from wealy_cli.core.datasets import DatasetSplit, load_split
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.files import replace_atomically
-from wealy_cli.core.launch import Devices, resolve_devices
+from wealy_cli.core.launch import Workers, launch, resolve_devices
 from wealy_cli.core.layers import pad_sequences
-from wealy_cli.core.lock import run_lock
 from wealy_cli.core.store import Store
 from wealy_cli.model.losses import make_loss
 from wealy_cli.model.network import ModelConfig, build_model, count_parameters, save_weights
@@ -282,55 +281,54 @@ def _precision(opts: TrainOptions, accelerator: str) -> str:
     return {"32": "32-true"}.get(opts.precision, opts.precision)
 
 
-def make_fabric(opts: TrainOptions, devices: Devices) -> Any:
-    from lightning.fabric import Fabric
-
-    strategy = "ddp" if devices.processes > 1 else "auto"
-    return Fabric(accelerator=devices.accelerator, devices=devices.processes, strategy=strategy,
-                  precision=_precision(opts, devices.accelerator))
-
-
-def check_splits(train: DatasetSplit, val: DatasetSplit, opts: TrainOptions, devices: Devices) -> None:
-    need = opts.batch_size * devices.processes
+def check_splits(train: DatasetSplit, val: DatasetSplit, opts: TrainOptions, processes: int) -> None:
+    need = opts.batch_size * processes
     if len(train) < need:
         raise UserError(f"train split has {len(train)} versions in the store, fewer than one global batch "
-                        f"(--batch-size {opts.batch_size} × {devices.processes} process(es)); lower --batch-size")
+                        f"(--batch-size {opts.batch_size} × {processes} process(es)); lower --batch-size")
     if len(val) < 2:
         raise UserError("val split has fewer than 2 versions in the store (need cliques with ≥ 2 versions)")
 
 
 def run_training(run: TrainRun, on_start: Callable[[str], None] | None = None) -> TrainResult | None:
-    """Load the store and both splits, then train; ``on_start(summary)`` is called once, by the
-    launching process, under the run directory's lock, before training starts. Returns the
-    result on rank 0, else None."""
+    """Load the store and both splits, then train; ``on_start(summary)`` is called once, by rank
+    0, under the run directory's lock, before training starts. Returns the result on rank 0,
+    else None."""
     resolve_devices(run)  # a device problem is reported before any data is read
     store = Store(run.store)
     train_split = load_split(run.dataset, run.split, run.metadata, check_audio=False).restrict(store.keys())
     val_split = load_split(run.dataset, run.val_split, run.metadata, check_audio=False).restrict(store.keys())
-    with run_lock(run.run_dir(), "training run"):  # re-entrant: train() takes it again
-        if on_start is not None and all(os.environ.get(v, "0") == "0" for v in ("LOCAL_RANK", "NODE_RANK")):
-            params = count_parameters(build_model(ModelConfig.from_options(run, store.dim)))
-            on_start(f"train: {len(train_split)} versions / {train_split.n_cliques()} cliques; val: "
-                     f"{len(val_split)} / {val_split.n_cliques()}; model {params / 1e6:.2f} M parameters → "
-                     f"{run.run_dir()}")
-        result = train(run, store, train_split, val_split)
+
+    def started() -> None:
+        params = count_parameters(build_model(ModelConfig.from_options(run, store.dim)))
+        on_start(f"train: {len(train_split)} versions / {train_split.n_cliques()} cliques; val: "
+                 f"{len(val_split)} / {val_split.n_cliques()}; model {params / 1e6:.2f} M parameters → "
+                 f"{run.run_dir()}")
+
+    result = train(run, store, train_split, val_split, on_start=started if on_start is not None else None)
     return result if result.rank == 0 else None
 
 
-def train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: DatasetSplit) -> TrainResult:
-    """Run (or resume) training; returns what happened. Works on 1 or N devices.
+def train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: DatasetSplit,
+          on_start: Callable[[], None] | None = None) -> TrainResult:
+    """Run (or resume) training; returns what happened. Works on 1 or N devices on 1 or M nodes.
 
-    The run directory is locked for the whole run (by the launching process, before the other
-    ranks start): a second run on it is refused instead of interleaving metrics.csv or replacing
-    checkpoints; a killed run leaves no lock behind, so ``--resume`` works at once."""
+    The run directory is locked for the whole run (by rank 0, every rank learning whether it
+    could): a second run on it is refused instead of interleaving metrics.csv or replacing
+    checkpoints; a killed run leaves no lock behind, so ``--resume`` works at once. ``on_start``
+    is called by rank 0 under the lock, before anything is written."""
     devices = resolve_devices(opts)
-    check_splits(train_split, val_split, opts, devices)
-    with run_lock(opts.run_dir(), "training run"):
-        return _train(opts, store, train_split, val_split, devices)
+    check_splits(train_split, val_split, opts, devices.processes * opts.nodes)
+    with launch(devices, opts.nodes, peer_timeout=opts.peer_timeout, precision=_precision(opts, devices.accelerator),
+                fabric=True, lock=(opts.run_dir(), "training run")) as workers:
+        workers.check_same([*train_split.keys, "", *val_split.keys], "the training and validation versions")
+        if on_start is not None and workers.is_main:
+            on_start()
+        return _train(opts, store, train_split, val_split, workers)
 
 
 def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: DatasetSplit,
-           devices: Devices) -> TrainResult:
+           workers: Workers) -> TrainResult:
     model_config = ModelConfig.from_options(opts, store.dim)
     out = opts.run_dir()
     state_path = out / STATE
@@ -341,8 +339,7 @@ def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: D
         raise UserError(f"{state_path}: saved model config differs from the current options; "
                         f"resume with the same model settings")
 
-    fabric = make_fabric(opts, devices)
-    fabric.launch()
+    fabric = workers.fabric
     fabric.seed_everything(opts.seed, verbose=False)
     model = build_model(model_config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
@@ -391,7 +388,7 @@ def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: D
             })
             write_metrics_csv(out / METRICS, history)
             tensorboard.log(row)
-        fabric.barrier()
+        workers.barrier()
 
     if state is None:  # epoch 0: how the untrained model does
         if is_main:
@@ -440,6 +437,7 @@ def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: D
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                workers.check()
                 mean_loss = fabric.all_reduce(loss.detach(), reduce_op="mean") if not opts.gather else loss.detach()
                 losses.append(float(mean_loss))
                 samples += len(x) * world

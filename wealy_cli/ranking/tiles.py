@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,44 +144,68 @@ def exact_float32() -> Iterator[None]:
         torch.set_float32_matmul_precision(before)
 
 
+Block = tuple[int, int, np.ndarray]  # tile i, tile j (i ≤ j), their (len(i), len(j)) distances
+
+
 def dense_distances(songs: SongSet, topk: int, label: str = "distances",
                     device: str | torch.device | None = None) -> np.ndarray:
     """The full (n, n) float32 song distance matrix in the original song order, computed on
     ``device`` (default: the CPU)."""
-    out = np.zeros((songs.n, songs.n), dtype=np.float32)
-    pairs = songs.tile_pairs()
+    return assemble_distances(songs, distance_blocks(songs, topk, label=label, device=device))
+
+
+def distance_blocks(songs: SongSet, topk: int, rank: int = 0, world: int = 1, label: str = "distances",
+                    device: str | torch.device | None = None,
+                    check: Callable[[], None] | None = None) -> Iterator[Block]:
+    """The distance blocks of tile pairs rank::world (every pair once, I ≤ J), one at a time,
+    computed on ``device``; ``check`` is called after every pair (it raises to stop the run)."""
+    pairs = songs.tile_pairs()[rank::world]
     tiles = songs.on(device)
     with ui.progress() as bar, exact_float32():
         task = bar.add_task(label, total=len(pairs), status="")
         for i, j in pairs:
-            a, b = tiles[i], tiles[j]
-            block = song_distances(a, b, topk).cpu().numpy()
-            out[np.ix_(a.index, b.index)] = block
-            if i != j:
-                out[np.ix_(b.index, a.index)] = block.T
+            yield i, j, song_distances(tiles[i], tiles[j], topk).cpu().numpy()
             bar.advance(task)
+            if check is not None:
+                check()
+
+
+def assemble_distances(songs: SongSet, blocks: Iterable[Block]) -> np.ndarray:
+    """The (n, n) matrix in the original song order from the blocks of every tile pair."""
+    out = np.zeros((songs.n, songs.n), dtype=np.float32)
+    for i, j, block in blocks:
+        a, b = songs.tiles[i], songs.tiles[j]
+        out[np.ix_(a.index, b.index)] = block
+        if i != j:
+            out[np.ix_(b.index, a.index)] = block.T
     return out
 
 
 ROW_BLOCK_BYTES = 2**28  # one block of whole distance rows (256 MB of float32)
 
 
+def row_blocks(songs: SongSet, block_bytes: int = ROW_BLOCK_BYTES) -> list[tuple[int, int, int]]:
+    """(tile, first row, end row) of every block of whole distance rows, in order."""
+    per_block = max(1, block_bytes // (4 * max(1, songs.n)))
+    return [(t, start, start + per_block) for t, tile in enumerate(songs.tiles)
+            for start in range(0, len(tile.index), per_block)]
+
+
 def distance_rows(songs: SongSet, topk: int, block_bytes: int = ROW_BLOCK_BYTES,
-                  device: str | torch.device | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                  device: str | torch.device | None = None, rank: int = 0,
+                  world: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Whole rows of the song distance matrix, tile by tile: (song positions, float32 block of
     shape (rows, n) in the original song order), computed on ``device`` (default: the CPU).
     Every block is computed against every tile (no symmetry: a row block must be complete), at
-    most ``block_bytes`` at a time."""
-    per_block = max(1, block_bytes // (4 * max(1, songs.n)))
+    most ``block_bytes`` at a time; this worker computes the blocks rank::world of ``row_blocks``."""
     tiles = songs.on(device)
     with exact_float32():
-        for tile in tiles:
-            for start in range(0, len(tile.index), per_block):
-                part = _tile_rows(tile, start, start + per_block)
-                out = np.empty((len(part.index), songs.n), dtype=np.float32)
-                for other in tiles:
-                    out[:, other.index] = song_distances(part, other, topk).cpu().numpy()
-                yield part.index, out
+        for t, start, stop in row_blocks(songs, block_bytes)[rank::world]:
+            part = _tile_rows(tiles[t], start, stop)
+            out = np.empty((len(part.index), songs.n), dtype=np.float32)
+            for other in tiles:
+                out[:, other.index] = song_distances(part, other, topk).cpu().numpy()
+            yield part.index, out
 
 
 def _tile_rows(tile: Tile, start: int, stop: int) -> Tile:
@@ -295,10 +319,10 @@ def _sub_tile(songs: SongSet, group: list[int], where: dict[int, tuple[int, int]
 def all_against_all(songs: SongSet, topk: int, rank: int = 0, world: int = 1,
                     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
                     label: str = "ranking", device: str | torch.device | None = None,
-                    ties: str = "expected") -> Metrics:
+                    ties: str = "expected", check: Callable[[], None] | None = None) -> Metrics:
     """Exact MAP/MR1/ARP of all songs against all, computed on ``device`` (default: the CPU);
     this worker does tile pairs rank::world and ``reduce`` sums the flat counts over workers
-    (e.g. ``fabric.all_reduce(x, reduce_op="sum")``)."""
+    (``Workers.all_reduce``); ``check`` is called after every pair (it raises to stop the run)."""
     if topk < 1:
         raise UserError(f"--topk must be ≥ 1, got {topk}")
     check_ties(ties)
@@ -310,6 +334,8 @@ def all_against_all(songs: SongSet, topk: int, rank: int = 0, world: int = 1,
         for i, j in pairs:
             counts.add_pair(i, j, topk)
             bar.advance(task)
+            if check is not None:
+                check()
     if reduce is not None and world > 1:
         counts.load_flat(reduce(counts.flat()))
     return counts.result(ties)

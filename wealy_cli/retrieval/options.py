@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, model_validator
 
 from wealy_cli.clews.options import ClewsDistanceOptions
-from wealy_cli.core.launch import DeviceOptions
+from wealy_cli.core.launch import DeviceOptions, NodeOptions
 from wealy_cli.core.settings import CommaList, CreatableDir, DataSettings, ExistingDir, ExistingPath, Options, option
 from wealy_cli.ranking.options import EmbedOptions, TieOptions
 
@@ -35,7 +35,7 @@ class ModelOnSplit(DataSettings, ModelSource, EmbedOptions):
                                         shown_default="next to the output")
 
 
-class EvaluateRun(ModelOnSplit, DeviceOptions, TieOptions):
+class EvaluateRun(ModelOnSplit, DeviceOptions, NodeOptions, TieOptions):
     """``wealy evaluate``: a model ranked all-against-all on a split."""
 
     output: CreatableDir | None = option(None, "Run directory for results.json, per_query.csv and settings.yaml.",
@@ -48,7 +48,7 @@ class EvaluateRun(ModelOnSplit, DeviceOptions, TieOptions):
         return Path("runs") / "evaluate" / f"{name}-{self.dataset}-{self.split}"
 
 
-class DistancesRun(ModelOnSplit, ClewsDistanceOptions, TieOptions):
+class DistancesRun(ModelOnSplit, ClewsDistanceOptions, TieOptions, DeviceOptions, NodeOptions):
     """``wealy distances``: the all-against-all distance matrix of a split, written to a file."""
 
     output: Path = option(help="Matrix file: .npz, .h5 or .pkl.", short="-o")
