@@ -18,10 +18,12 @@ from wealy_cli.ranking.options import PAPER_CHUNK, TieOptions
 class ArchitectureOptions(Options):
     """Sizes of the WEALY network (input_channels comes from the feature store)."""
 
-    arch: Literal["transformer", "avgmlp"] = option(
-        "transformer", "transformer (the paper's) or avgmlp (mean of the rows, then an MLP).")
+    arch: Literal["transformer", "avgmlp", "late"] = option(
+        "transformer", "transformer (the paper's: one pooled vector per chunk), avgmlp (mean of the rows, then an "
+        "MLP), or late (late interaction: every sung token's row is projected and songs are compared row by row; "
+        "see configs/late.yaml).")
     hidden_dim: int = option(768, "Model width.", ge=1)
-    zdim: int = option(512, "Embedding size.", ge=1)
+    zdim: int = option(512, "Embedding size (late: per row, at most the input width).", ge=1)
     num_transformer_blocks: int = option(4, "Transformer blocks.", ge=0, flag="--layers")
     num_heads: int = option(12, "Attention heads (they must divide --hidden-dim).", ge=1, flag="--heads")
     ff_dim: int = option(1024, "Feed-forward width.", ge=1)
@@ -29,6 +31,12 @@ class ArchitectureOptions(Options):
     pool_type: Literal["gem", "mean"] = option("gem", "Pooling over time: gem (learned generalised mean) or mean.",
                                                flag="--pool")
     positional_encoding: bool = option(False, "Add sinusoidal positions to the rows.", flag="--positions")
+    rows: Literal["auto", "all", "text"] = option(
+        "auto", "Feature rows a song is made of: all, or text (the rows of sung tokens: prompt, special and "
+        "timestamp rows dropped); auto = text for --arch late, all otherwise.", flag="--rows")
+    late_fraction: float = option(
+        0.5, "--arch late: a song's score averages the best matches of this fraction of its rows (1 = all).",
+        gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ArchitectureOptions:
