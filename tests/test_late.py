@@ -65,3 +65,18 @@ def test_top_fraction_mean_by_hand():
     assert top_fraction_mean(values, valid, 0.5).item() == pytest.approx(2.5)  # ceil(1.5) = 2 best: 3, 2
     assert top_fraction_mean(values, valid, 0.1).item() == pytest.approx(3.0)
     assert top_fraction_mean(values, torch.zeros_like(valid), 0.5).item() == 0.0
+
+
+def test_the_batch_form_equals_the_tile_form_and_has_gradients():
+    from wealy_cli.ranking.late import late_similarity_rows
+
+    rng = np.random.default_rng(2)
+    songs = [unit_rows(rng, n) for n in (5, 0, 3, 8)]  # one song without sung rows
+    x, mask = pad_sequences(songs, min_length=1)
+    x = x.double().requires_grad_(True)
+    batch = late_similarity_rows(x, mask, 0.5)
+    tiles = late_similarity(x, mask, x, mask, 0.5)
+    torch.testing.assert_close(batch, tiles)
+    assert batch[1].abs().sum() == 0 and batch[:, 1].abs().sum() == 0  # nothing sung: scores 0
+    batch.sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from wealy_cli.core import ui
@@ -52,10 +53,12 @@ from wealy_cli.core.files import replace_atomically
 from wealy_cli.core.launch import Workers, launch, resolve_devices
 from wealy_cli.core.layers import pad_sequences
 from wealy_cli.core.store import Store
-from wealy_cli.model.losses import make_loss
+from wealy_cli.model.losses import cosine_similarity_matrix, make_loss
 from wealy_cli.model.network import ModelConfig, build_model, count_parameters, save_weights
 from wealy_cli.model.options import TrainOptions, TrainRun
+from wealy_cli.ranking.late import late_distance_matrix, late_similarity_rows
 from wealy_cli.ranking.metrics import Metrics, comp, retrieval_metrics
+from wealy_cli.whisper.lyrics import sung_rows
 
 STATE = "state.pt"
 METRICS = "metrics.csv"
@@ -101,11 +104,23 @@ def plan_epoch(split: DatasetSplit, per_clique: int, seed: int, epoch: int) -> l
     return items
 
 
-class CropDataset(Dataset):
-    """Items → random ``chunk``-row crops read from the store (only those rows are read)."""
+def read_rows(store: Store, key: str, sung_only: bool, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Rows ``start:stop`` of an item: of all its rows, or of the rows of sung tokens only."""
+    if not sung_only:
+        return store.read(key, start, stop)
+    return store[key][sung_rows(store.attrs(key))][start:stop]
 
-    def __init__(self, store: Store, items: list[Item], chunk: int) -> None:
-        self.store, self.items, self.chunk = store, items, chunk
+
+def row_count(store: Store, key: str, sung_only: bool) -> int:
+    return int(sung_rows(store.attrs(key)).sum()) if sung_only else store.rows(key)
+
+
+class CropDataset(Dataset):
+    """Items → random ``chunk``-row crops read from the store (only those rows are read when the
+    model takes every row; sung-token rows are selected from the whole item)."""
+
+    def __init__(self, store: Store, items: list[Item], chunk: int, sung_only: bool = False) -> None:
+        self.store, self.items, self.chunk, self.sung_only = store, items, chunk, sung_only
 
     def __len__(self) -> int:
         return len(self.items)
@@ -115,23 +130,23 @@ class CropDataset(Dataset):
         rng = np.random.default_rng(item.seed)
         rows = []
         for key in item.keys:
-            n = self.store.rows(key)
+            n = row_count(self.store, key, self.sung_only)
             start = int(rng.integers(0, n - self.chunk + 1)) if n > self.chunk else 0
-            rows.append(self.store.read(key, start, start + self.chunk))
+            rows.append(read_rows(self.store, key, self.sung_only, start, start + self.chunk))
         return rows, list(item.labels), list(item.ids)
 
 
 class FirstChunkDataset(Dataset):
-    """Validation: the first ``chunk`` rows of each version."""
+    """Validation: the first ``chunk`` rows of each version (every row when ``chunk`` is None)."""
 
-    def __init__(self, store: Store, keys: list[str], chunk: int) -> None:
-        self.store, self.keys, self.chunk = store, keys, chunk
+    def __init__(self, store: Store, keys: list[str], chunk: int | None, sung_only: bool = False) -> None:
+        self.store, self.keys, self.chunk, self.sung_only = store, keys, chunk, sung_only
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def __getitem__(self, index: int) -> tuple[list[np.ndarray], list[int], list[int]]:
-        return [self.store.read(self.keys[index], 0, self.chunk)], [0], [index]
+        return [read_rows(self.store, self.keys[index], self.sung_only, 0, self.chunk)], [0], [index]
 
 
 def collate(batch: list[tuple[list[np.ndarray], list[int], list[int]]]) -> dict[str, torch.Tensor]:
@@ -175,24 +190,39 @@ def lr_at(epoch: int, opts: TrainOptions) -> float:
 # ---------------------------------------------------------------- distributed helpers
 
 
-def gather_batch(fabric: Any, z: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Global-batch embeddings: gathered (detached) rows of the other devices, own rows with grad."""
+def gather_batch(fabric: Any, out: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Global-batch outputs: gathered (detached) outputs of the other devices, own ones with
+    grad. Row outputs (late interaction) are padded to the longest sequence of any device."""
     world = fabric.world_size
     if world == 1:
-        return z, labels, ids
-    all_z = fabric.all_gather(z.detach())
-    parts = [z if r == fabric.global_rank else all_z[r] for r in range(world)]
-    return torch.cat(parts), fabric.all_gather(labels).flatten(), fabric.all_gather(ids).flatten()
+        return out, mask, labels, ids
+    if out.dim() == 3:
+        longest = int(fabric.all_reduce(torch.tensor(out.shape[1], device=out.device), reduce_op="max"))
+        out = F.pad(out, (0, 0, 0, longest - out.shape[1]))
+        mask = F.pad(mask, (0, longest - mask.shape[1]))
+    all_out = fabric.all_gather(out.detach())
+    parts = [out if r == fabric.global_rank else all_out[r] for r in range(world)]
+    all_mask = fabric.all_gather(mask)
+    return (torch.cat(parts), all_mask.flatten(0, 1), fabric.all_gather(labels).flatten(),
+            fabric.all_gather(ids).flatten())
+
+
+def batch_similarity(out: torch.Tensor, mask: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """The similarity matrix the loss sees: cosines of pooled embeddings, or late-interaction
+    scores of row sets (the same score evaluation ranks by)."""
+    if cfg.per_row:
+        return late_similarity_rows(out.float(), mask, cfg.late_fraction)
+    return cosine_similarity_matrix(out)
 
 
 @torch.no_grad()
 def embed_validation(fabric: Any, model: torch.nn.Module, store: Store, keys: list[str], chunk: int,
-                     batch: int, workers: int) -> np.ndarray:
+                     batch: int, workers: int, sung_only: bool = False) -> np.ndarray:
     """L2-normalised embeddings of the first chunk of every key (sharded over devices)."""
     world, rank = fabric.world_size, fabric.global_rank
     mine = list(range(rank, len(keys), world))
-    loader = DataLoader(FirstChunkDataset(store, [keys[i] for i in mine], chunk), batch_size=batch,
+    loader = DataLoader(FirstChunkDataset(store, [keys[i] for i in mine], chunk, sung_only), batch_size=batch,
                         collate_fn=collate, num_workers=workers, pin_memory=fabric.device.type == "cuda")
     model.eval()
     out = []
@@ -219,9 +249,33 @@ def _plain(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def validate(embeddings: np.ndarray, split: DatasetSplit, ties: str = "expected") -> Metrics:
-    distances = 1.0 - embeddings @ embeddings.T
+@torch.no_grad()
+def late_validation_distances(fabric: Any, model: torch.nn.Module, store: Store, keys: list[str], batch: int,
+                              fraction: float) -> np.ndarray:
+    """Late-interaction distances of the validation songs on all their sung rows, exactly as
+    evaluation scores them (every process computes them all: a row projection is cheap)."""
+    model.eval()
+    sets: list[torch.Tensor] = []
+    loader = DataLoader(FirstChunkDataset(store, keys, None, sung_only=True), batch_size=batch, collate_fn=collate)
+    for b in loader:
+        x, mask = model_input(fabric, b)
+        with fabric.autocast():
+            out = model(x, mask).float()
+        sets.extend(out[i, mask[i]].cpu() for i in range(len(out)))
+    return late_distance_matrix(sets, fraction)
+
+
+def validate(distances: np.ndarray, split: DatasetSplit, ties: str = "expected") -> Metrics:
     return retrieval_metrics(distances, split.cliques, split.cliques, split.keys, split.keys, ties=ties)
+
+
+def start_rows(store: Store, keys: list[str], sung_only: bool, limit: int = 200_000, seed: int = 0) -> torch.Tensor:
+    """Up to ``limit`` training rows (a seeded sample when there are more): what a late-interaction
+    model's centre and starting projection are computed from."""
+    rows = np.concatenate([read_rows(store, k, sung_only).astype(np.float32) for k in keys])
+    if len(rows) > limit:
+        rows = rows[np.random.default_rng(seed).choice(len(rows), limit, replace=False)]
+    return torch.from_numpy(rows)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -342,6 +396,8 @@ def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: D
     fabric = workers.fabric
     fabric.seed_everything(opts.seed, verbose=False)
     model = build_model(model_config)
+    if model_config.per_row and state is None:  # start at the training-free late interaction
+        model.initialise(start_rows(store, train_split.keys, model_config.text_rows, seed=opts.seed))
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     history: list[dict[str, float]] = []
     start_epoch, best_map, best_epoch, bad_epochs, step = 0, -1.0, -1, 0, 0
@@ -364,9 +420,14 @@ def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: D
     started = time.monotonic()
 
     def validation() -> Metrics:
-        embeddings = embed_validation(fabric, model, store, val_split.keys, opts.chunk, val_batch,
-                                      opts.loader_workers)
-        return validate(embeddings, val_split, opts.ties)
+        if model_config.per_row:
+            distances = late_validation_distances(fabric, model, store, val_split.keys, val_batch,
+                                                  model_config.late_fraction)
+        else:
+            z = embed_validation(fabric, model, store, val_split.keys, opts.chunk, val_batch, opts.loader_workers,
+                                 model_config.text_rows)
+            distances = 1.0 - z @ z.T
+        return validate(distances, val_split, opts.ties)
 
     def over_time() -> bool:
         if opts.time_limit <= 0:
@@ -412,7 +473,8 @@ def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: D
         torch.manual_seed(opts.seed * 7919 + epoch * 104729 + rank)  # dropout draws of this epoch
         items = rank_batches(plan_epoch(train_split, opts.per_clique, opts.seed, epoch), opts.batch_size, world,
                              rank, opts.limit_batches)
-        loader = DataLoader(CropDataset(store, items, opts.chunk), batch_size=opts.batch_size, collate_fn=collate,
+        loader = DataLoader(CropDataset(store, items, opts.chunk, model_config.text_rows), batch_size=opts.batch_size,
+                            collate_fn=collate,
                             num_workers=opts.loader_workers, shuffle=False, pin_memory=fabric.device.type == "cuda")
         model.train()
         losses, samples, t0 = [], 0, time.monotonic()
@@ -424,14 +486,11 @@ def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: D
                 x, mask = model_input(fabric, batch)
                 labels, ids = fabric.to_device(batch["labels"]), fabric.to_device(batch["ids"])
                 with fabric.autocast():
-                    z = model(x, mask)
+                    embedded = model(x, mask)
                 if opts.gather:
-                    z, labels, ids = gather_batch(fabric, z, labels, ids)
-                    loss = loss_fn(z, labels, ids)
-                    fabric.backward(loss * world)
-                else:
-                    loss = loss_fn(z, labels, ids)
-                    fabric.backward(loss)
+                    embedded, mask, labels, ids = gather_batch(fabric, embedded, mask, labels, ids)
+                loss = loss_fn(batch_similarity(embedded, mask, model_config), labels, ids)
+                fabric.backward(loss * world if opts.gather else loss)
                 if opts.grad_clip > 0:
                     fabric.clip_gradients(model, optimizer, max_norm=opts.grad_clip)
                 optimizer.step()

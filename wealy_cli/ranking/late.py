@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+
+from wealy_cli.core.layers import pad_sequences
 
 
 def top_fraction_mean(values: torch.Tensor, valid: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -49,3 +52,36 @@ def late_distances(a: torch.Tensor, a_valid: torch.Tensor, b: torch.Tensor, b_va
                    fraction: float) -> torch.Tensor:
     """1 − ``late_similarity``."""
     return 1.0 - late_similarity(a, a_valid, b, b_valid, fraction)
+
+
+def late_similarity_rows(x: torch.Tensor, valid: torch.Tensor, fraction: float) -> torch.Tensor:
+    """(B, B) symmetric late-interaction scores of a batch of padded row sets x (B, T, d), as
+    ``late_similarity(x, valid, x, valid)`` but in O((Σ rows)²) memory instead of O(B² T²):
+    the form training backpropagates through. A song without rows scores 0 with every song."""
+    counts = valid.sum(1).tolist()
+    flat = x[valid]  # (N, d), song by song
+    sims = flat @ flat.T
+    bounds = [0, *torch.tensor(counts).cumsum(0).tolist()]
+    n = len(counts)
+    zero = sims.new_zeros(sims.shape[0])
+    best = torch.stack([sims[:, bounds[j]:bounds[j + 1]].amax(1) if counts[j] else zero for j in range(n)], dim=1)
+    rows = [best[bounds[i]:bounds[i + 1]].T for i in range(n)]  # per song i: (B, n_i) best matches in each song
+    directional = torch.stack([top_fraction_mean(r, torch.ones_like(r, dtype=torch.bool), fraction) if counts[i]
+                               else best.new_zeros(n) for i, r in enumerate(rows)])
+    return (directional + directional.T) / 2
+
+
+def late_distance_matrix(sets: list[torch.Tensor], fraction: float, block: int = 16) -> np.ndarray:
+    """The dense (n, n) late-interaction distance matrix of row sets (T_i, d), computed by blocks
+    of ``block`` songs; a set without rows gets one zero row (score 0 with every song)."""
+    padded = [s if len(s) else s.new_zeros((1, s.shape[1])) for s in sets]
+    n = len(padded)
+    out = np.zeros((n, n), dtype=np.float32)
+    for i in range(0, n, block):
+        a, am = pad_sequences(padded[i:i + block])
+        for j in range(i, n, block):
+            b, bm = pad_sequences(padded[j:j + block])
+            d = late_distances(a, am, b, bm, fraction).numpy()
+            out[i:i + block, j:j + block] = d
+            out[j:j + block, i:i + block] = d.T
+    return out

@@ -25,6 +25,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
+
 # A bracketed annotation or a music-note run, removed before counting words.
 _ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)|[♪♫♬♩]+")
 # One word: a character of a script without spaces, or a run of letters/digits (with apostrophes).
@@ -77,3 +79,21 @@ def invalid_reason(text: str, rules: ValidityRules = ValidityRules()) -> str | N
 def is_valid(text: str, rules: ValidityRules = ValidityRules()) -> bool:
     """True when ``text`` passes every rule of the module docstring."""
     return invalid_reason(text, rules) is None
+
+
+# Whisper's vocabularies put every text token below 50257: the English-only end-of-text is 50256
+# (never fed to the decoder, so never in a stored window), the multilingual one 50257; special,
+# language, task and timestamp tokens all come after.
+FIRST_SPECIAL_TOKEN = 50257
+
+
+def sung_rows(attrs: dict) -> np.ndarray:
+    """Which rows of a stored Whisper item belong to sung text tokens: a window's rows are its
+    ``prompt_tokens`` prompt rows (previous text, start-of-transcript, language, task) then one
+    row per generated token; rows of special and timestamp tokens are not sung text either."""
+    masks = []
+    for window in attrs.get("windows") or []:
+        tokens = np.asarray(window["tokens"], dtype=np.int64)
+        generated = np.arange(len(tokens)) >= int(window["prompt_tokens"])
+        masks.append(generated & (tokens < FIRST_SPECIAL_TOKEN))
+    return np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
