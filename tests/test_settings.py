@@ -232,7 +232,7 @@ def _settings_classes() -> list[type[CommandSettings]]:
     return list(_REGISTRY.values())
 
 
-@pytest.mark.parametrize("name", ["paper.yaml", "cpu-small.yaml", "README"])
+@pytest.mark.parametrize("name", ["paper.yaml", "cpu-small.yaml", "late.yaml", "README"])
 def test_bundled_and_readme_configs_load_under_every_command(name, tmp_path):
     cfg = tmp_path / "c.yaml"
     data = _readme_config() if name == "README" else yaml.safe_load((REPO / "configs" / name).read_text())

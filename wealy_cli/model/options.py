@@ -62,6 +62,8 @@ class TrainOptions(ArchitectureOptions, LossOptions, TieOptions):
     per_clique: int = option(2, "Versions of a clique per item (the anchor and its positives).", ge=2)
     batch_size: int = option(64, "Items per device per step.", ge=1)
     chunk: int = option(PAPER_CHUNK, "Rows per random training crop (validation: the first rows).", ge=1)
+    crop_min: float = option(1.0, "Each training view is a random sub-sequence of this share to all of an item's "
+                             "rows (then at most --chunk); 1 = whole items (off).", gt=0.0, le=1.0)
     loader_workers: int = option(2, "DataLoader processes reading crops.", ge=0)
     gather: bool = option(True, "Loss over the global batch of all devices.")
     lr: float = option(1e-4, "Peak learning rate (AdamW).", gt=0.0)
@@ -70,7 +72,8 @@ class TrainOptions(ArchitectureOptions, LossOptions, TieOptions):
     min_lr: float = option(1e-6, "Stop once the learning rate falls below this (after warm-up).", ge=0.0)
     grad_clip: float = option(1.0, "Largest gradient norm; 0 = no clipping.", ge=0.0)
     max_epochs: int = option(1000, "Epochs at most.", ge=1)
-    patience: int = option(0, "Stop after this many epochs without a better validation MAP; 0 = never.", ge=0)
+    patience: int = option(20, "Stop after this many epochs (after warm-up) without a better validation MAP; "
+                           "0 = never.", ge=0)
     time_limit: float = option(0.0, "Stop after this many minutes (an unfinished epoch is discarded); 0 = none.",
                                ge=0.0)
     limit_batches: int = option(0, "Steps per epoch at most; 0 = all.", ge=0)

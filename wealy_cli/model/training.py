@@ -119,8 +119,10 @@ class CropDataset(Dataset):
     """Items → random ``chunk``-row crops read from the store (only those rows are read when the
     model takes every row; sung-token rows are selected from the whole item)."""
 
-    def __init__(self, store: Store, items: list[Item], chunk: int, sung_only: bool = False) -> None:
+    def __init__(self, store: Store, items: list[Item], chunk: int, sung_only: bool = False,
+                 crop_min: float = 1.0) -> None:
         self.store, self.items, self.chunk, self.sung_only = store, items, chunk, sung_only
+        self.crop_min = crop_min
 
     def __len__(self) -> int:
         return len(self.items)
@@ -131,9 +133,19 @@ class CropDataset(Dataset):
         rows = []
         for key in item.keys:
             n = row_count(self.store, key, self.sung_only)
-            start = int(rng.integers(0, n - self.chunk + 1)) if n > self.chunk else 0
-            rows.append(read_rows(self.store, key, self.sung_only, start, start + self.chunk))
+            length = crop_length(n, self.chunk, self.crop_min, rng)
+            start = int(rng.integers(0, n - length + 1)) if n > length else 0
+            rows.append(read_rows(self.store, key, self.sung_only, start, start + length))
         return rows, list(item.labels), list(item.ids)
+
+
+def crop_length(n: int, chunk: int, crop_min: float, rng: np.random.Generator) -> int:
+    """Rows of one training view of an item of ``n`` rows: a random share in [crop_min, 1] of
+    them (a song shorter than ``chunk`` is then not the same sequence every epoch), at most ``chunk``."""
+    if crop_min >= 1.0 or n <= 1:
+        return min(n, chunk)
+    share = rng.uniform(crop_min, 1.0)
+    return max(1, min(chunk, round(share * n)))
 
 
 class FirstChunkDataset(Dataset):
@@ -473,7 +485,8 @@ def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: D
         torch.manual_seed(opts.seed * 7919 + epoch * 104729 + rank)  # dropout draws of this epoch
         items = rank_batches(plan_epoch(train_split, opts.per_clique, opts.seed, epoch), opts.batch_size, world,
                              rank, opts.limit_batches)
-        loader = DataLoader(CropDataset(store, items, opts.chunk, model_config.text_rows), batch_size=opts.batch_size,
+        loader = DataLoader(CropDataset(store, items, opts.chunk, model_config.text_rows, opts.crop_min),
+                            batch_size=opts.batch_size,
                             collate_fn=collate,
                             num_workers=opts.loader_workers, shuffle=False, pin_memory=fabric.device.type == "cuda")
         model.train()
@@ -519,7 +532,7 @@ def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: D
         improved = row["val_map"] > best_map
         if improved:
             best_map, best_epoch, bad_epochs = row["val_map"], epoch, 0
-        else:
+        elif epoch > opts.warmup_epochs:  # warm-up epochs never count against --patience
             bad_epochs += 1
         save(epoch, row, improved)
         _report(row, is_main)
