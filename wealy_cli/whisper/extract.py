@@ -103,7 +103,8 @@ def work_list(settings: WhisperExtractOptions) -> list[Version]:
     versions: dict[str, Version] = {}
     for split in splits:
         try:
-            part = load_split(settings.dataset, split, settings.metadata, settings.audio_dir, check_audio=False)
+            part = load_split(settings.dataset, split, settings.metadata, settings.audio_dir, check_audio=False,
+                              labelled_only=False)  # a catalogue CSV has unlabelled rows
         except MissingSplitError:
             if settings.split != "all":
                 raise
@@ -209,7 +210,8 @@ def _write_features(pending: list[_Pending], network: Whisper, settings: Whisper
                    duration=round(t.duration, 3), no_lyrics=no_lyrics,
                    windows=[{"start": round(w.start, 3), "end": round(w.end, 3), "rows": len(r),
                              "prompt_tokens": w.n_prompt, "tokens": w.tokens, "temperature": w.temperature,
-                             "no_speech": w.no_speech} for w, r in zip(t.windows, parts)])
+                             "no_speech": w.no_speech} for w, r in zip(t.windows, parts)],
+                   **({"metadata": dict(item.version.meta)} if item.version.meta else {}))
         summary.stored += 1
         summary.no_lyrics += no_lyrics
         summary.audio_seconds += t.duration
