@@ -61,7 +61,8 @@ SONG_LINES = "songs.idx"
 CLEWS_DIR = "clews"
 CACHE_DIR = ".cache"
 _FAISS_RE = re.compile(r"^index-(\d{5,})\.faiss$")
-_OWN_FILES = {MANIFEST, VECTORS, OFFSETS, SONGS, SONG_LINES, CLEWS_DIR, CACHE_DIR, "fusion.npz", ".wealy.lock"}
+_OWN_FILES = {MANIFEST, VECTORS, OFFSETS, SONGS, SONG_LINES, CLEWS_DIR, CACHE_DIR, "fusion.npz", ".wealy.lock",
+              "index_build.yaml", "index_add.yaml"}  # the last two: settings of the runs
 ADD_ROWS = 65536  # chunks converted to float32 and added to FAISS at a time
 HNSW_QUANTIZER_LISTS = 4096  # ivf-pq with more lists assigns chunks through an HNSW graph of the centroids
 

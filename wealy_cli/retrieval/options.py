@@ -167,6 +167,8 @@ class IndexBuildRun(ModelSource, ChunkOptions, CatalogueSongs, IndexKindOptions,
 
     output: CreatableDir = option(help="Index directory to create (or to resume an interrupted build in).",
                                   short="-o")
+    model: str | None = option(None, "A published model (see 'wealy models list') instead of --checkpoint; it "
+                               "also sets --chunk and --topk unless given.")
 
 
 class IndexAddRun(CatalogueSongs, FaissThreads):

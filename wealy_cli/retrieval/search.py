@@ -38,7 +38,7 @@ import numpy as np
 
 from wealy_cli.core.errors import UserError
 from wealy_cli.retrieval.index import Index, IndexFileError, as_unit_float32, configure_search, set_threads
-from wealy_cli.retrieval.options import SearchOptions
+from wealy_cli.retrieval.options import SearchOptions, SearchRun
 
 FUSION_FILE = "fusion.npz"
 
@@ -304,6 +304,25 @@ def query_paths(path: Path) -> list[Path]:
         p = Path(value)
         out.append(p if p.is_absolute() else Path(path).parent / p)
     return out
+
+
+# ---------------------------------------------------------------- a run
+
+
+def run_search(run: SearchRun) -> list[QueryResult]:
+    """``wealy search``: every query (audio files, a key, or a CSV of paths) against the index."""
+    index = Index(run.index)
+    searcher = Searcher(index, run)
+    if run.key is not None:
+        return [searcher.search_key(run.key)]
+    paths = list(run.query) if run.query else query_paths(run.queries)
+    embedder = AudioQueries(index, run.checkpoint, run.clews_checkpoint)
+    results = []
+    for path in paths:
+        chunks = embedder.embed(Path(path))
+        clews = embedder.embed_clews(Path(path)) if run.alpha > 0 else None
+        results.append(searcher.search(chunks, str(path), clews))
+    return results
 
 
 # ---------------------------------------------------------------- output
