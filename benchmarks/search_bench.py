@@ -98,7 +98,7 @@ def build(directory: Path, cat: Catalogue, args: argparse.Namespace) -> float:
     from wealy_cli.retrieval.options import IndexKindOptions
 
     ui.set_quiet(not args.progress)
-    params = IndexKindOptions(kind=args.kind, nprobe=args.nprobe, ef_search=args.ef_search)
+    params = IndexKindOptions(kind=args.kind, nprobe=args.nprobe, ef_search=args.ef_search, opq=not args.no_opq)
     start = time.perf_counter()
     manifest = new_manifest(DIM, params, {"model": {}, "chunk": 1500, "overlap": 0.9, "topk": 1, "features": {}})
     append_songs(directory, cat.songs(), cat.n, manifest, threads=args.threads)
@@ -125,7 +125,8 @@ def search_child(directory: Path, queries_file: Path, args: argparse.Namespace) 
     before = rss_mb()
     start = time.perf_counter()
     index = Index(directory)
-    searcher = Searcher(index, SearchOptions(top=10, probe=args.probe, threads=args.threads))
+    searcher = Searcher(index, SearchOptions(top=10, probe=args.probe, threads=args.threads, nprobe=args.nprobe,
+                                             ef_search=args.ef_search))
     opened = time.perf_counter() - start
     loaded = rss_mb()
     data = np.load(queries_file)
@@ -187,7 +188,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--probe", type=int, default=100)
-    parser.add_argument("--nprobe", type=int, default=32)
+    parser.add_argument("--nprobe", type=int, default=64)
+    parser.add_argument("--no-opq", action="store_true", help="ivf-pq without the OPQ rotation")
     parser.add_argument("--ef-search", type=int, default=128)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a temporary one)")
@@ -216,13 +218,19 @@ def main() -> None:
         np.savez(qfile, chunks=np.concatenate(queries), counts=[len(q) for q in queries])
         child = subprocess.run([sys.executable, __file__, "--child", str(qfile), "--dir", str(work),
                                 "--probe", str(args.probe), "--threads", str(args.threads),
+                                "--nprobe", str(args.nprobe), "--ef-search", str(args.ef_search),
                                 "--queries", str(args.queries), "--warmup", str(args.warmup)],
                                capture_output=True, text=True, check=False)
         if child.returncode != 0:
             raise SystemExit(child.stderr[-3000:])
         res = json.loads(child.stdout.strip().splitlines()[-1])
         exact_start = time.perf_counter()
-        truth = exact_top10(directory, queries[args.warmup:])
+        truth_file = work / f"truth-{args.songs}-{args.queries}-{args.warmup}.npy"  # per catalogue and queries
+        if args.reuse and truth_file.is_file():
+            truth = np.load(truth_file)
+        else:
+            truth = exact_top10(directory, queries[args.warmup:])
+            np.save(truth_file, truth)
         exact_s = time.perf_counter() - exact_start
         recall = float(np.mean([len(set(t) & set(g)) / 10 for t, g in zip(truth.tolist(), res["tops"])]))
         ms = np.array(res["times"]) * 1000
@@ -248,6 +256,8 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(directory, ignore_errors=True)
             (work / "queries.npz").unlink(missing_ok=True)
+            for truth_file in work.glob("truth-*.npy"):
+                truth_file.unlink()
             if args.dir is None:
                 shutil.rmtree(work, ignore_errors=True)
 

@@ -23,9 +23,9 @@ FAISS kinds (chunk embeddings are L2-normalised, so cosine = inner product):
 
 - ``flat``: ``IndexFlatIP``, exact; float32 copy of every chunk in memory (4·dim bytes a chunk).
 - ``ivf-pq``: ``IndexIVFPQ``, inverted lists (nlist ≈ 4·√chunks) over product-quantised codes
-  (m bytes a chunk at 8 bits); ``nprobe`` lists visited. Above 4,096 lists the coarse quantizer
-  is an HNSW graph over the list centroids, so that assigning millions of chunks (training and
-  adding) stays fast.
+  (m bytes a chunk at 8 bits), after a learnt rotation (OPQ; ``opq``); ``nprobe`` lists
+  visited. Above 4,096 lists the coarse quantizer is an HNSW graph over the list centroids, so
+  that assigning millions of chunks (training and adding) stays fast.
 - ``hnsw``: ``IndexHNSWFlat``, a graph over float32 chunks; ``ef_search`` trades recall for time.
 
 An ANN index only proposes candidate songs; their distances are computed exactly (``search``).
@@ -117,11 +117,14 @@ def new_faiss_index(params: IndexKindOptions, dim: int, n_chunks: int):  # noqa:
         quantizer.hnsw.efSearch = 64
     else:
         quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFPQ(quantizer, dim, nlist, params.m, params.nbits, faiss.METRIC_INNER_PRODUCT)
-    index.cp.niter = 10  # k-means iterations (coarse lists and PQ codebooks): enough to converge here
-    index.pq.cp.niter = 10
-    index.nprobe = params.nprobe
-    return index
+    ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, params.m, params.nbits, faiss.METRIC_INNER_PRODUCT)
+    ivf.cp.niter = 10  # k-means iterations (coarse lists and PQ codebooks): enough to converge here
+    ivf.pq.cp.niter = 10
+    ivf.nprobe = params.nprobe
+    if not params.opq:
+        return ivf
+    # An orthogonal rotation keeps inner products; learnt so that the sub-vectors quantise better.
+    return faiss.IndexPreTransform(faiss.OPQMatrix(dim, params.m), ivf)
 
 
 def configure_search(index, params: IndexKindOptions, nprobe: int | None = None,  # noqa: ANN001 - a faiss.Index
@@ -303,7 +306,8 @@ def read_faiss(path: Path, n_chunks: int, dim: int):  # noqa: ANN201 - a faiss.I
 
 def _kind_params(params: IndexKindOptions) -> str:
     if params.kind == "ivf-pq":
-        return f"nlist {params.nlist}, m {params.m}, nbits {params.nbits}, nprobe {params.nprobe}"
+        return (f"nlist {params.nlist}, m {params.m}, nbits {params.nbits}, nprobe {params.nprobe}"
+                f"{', OPQ' if params.opq else ''}")
     if params.kind == "hnsw":
         return f"M {params.hnsw_m}, efConstruction {params.ef_construction}, efSearch {params.ef_search}"
     return "exact inner product"

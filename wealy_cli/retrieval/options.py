@@ -126,7 +126,9 @@ class IndexKindOptions(Options):
     nlist: int = option(0, "ivf-pq: inverted lists; 0 = about 4·√chunks.", ge=0)
     m: int = option(64, "ivf-pq: sub-quantizers, bytes per chunk at 8 bits; must divide the embedding size.", ge=1)
     nbits: int = option(8, "ivf-pq: bits per sub-quantizer code.", ge=1, le=16)
-    nprobe: int = option(32, "ivf-pq: lists visited per query chunk (the default of 'wealy search').", ge=1)
+    opq: bool = option(True, "ivf-pq: learn a rotation (OPQ) before quantising: better recall at the same "
+                       "--nprobe.")
+    nprobe: int = option(64, "ivf-pq: lists visited per query chunk (the default of 'wealy search').", ge=1)
     hnsw_m: int = option(32, "hnsw: neighbours per graph node.", ge=2)
     ef_construction: int = option(80, "hnsw: search breadth while adding chunks.", ge=1)
     ef_search: int = option(128, "hnsw: search breadth while searching (the default of 'wealy search').", ge=1)
