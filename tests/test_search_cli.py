@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO, assert_user_error, run_wealy
 
@@ -150,3 +151,36 @@ def test_bad_inputs_one_line_and_index_unchanged(demo, tmp_path):
         assert_user_error(run_wealy("index", "add", broken, "--store", root / "catalogue-store"), fragment)
         assert_user_error(run_wealy("index", "info", broken), fragment)
         assert tree_digest(broken) == before
+
+
+def test_lyrics_and_audio_in_one_search(demo, tmp_path):
+    """An index that also holds CLEWS embeddings of the songs: --alpha fuses both distances for
+    an audio query, whose CLEWS embeddings come from the same (tiny, random) CLEWS checkpoint."""
+    from test_clews_cli import tiny_checkpoint
+
+    root, rows = demo
+    ckpt = tiny_checkpoint(tmp_path / "clews.ckpt")
+    proc = run_wealy("-q", "extract", "clews", "--checkpoint", ckpt, "--dataset", "csv", "--metadata",
+                     root / "catalogue.csv", "--split", "test", "-o", tmp_path / "clews", "--loader-workers", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_wealy("-q", "index", "build", "--checkpoint", root / "run", "--store", root / "catalogue-store",
+                     "--dataset", "csv", "--metadata", root / "catalogue.csv", "-o", tmp_path / "index",
+                     "--clews-store", tmp_path / "clews")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    query = root / "audio" / "bopeep-1.mp3"
+    for normalize in ("none", "zscore"):
+        (fused,) = search_json(tmp_path / "index", query, "--alpha", "0.5", "--normalize", normalize,
+                               "--clews-checkpoint", ckpt, "--top", str(len(rows)))
+        hits = fused["results"]
+        assert len(hits) == len(rows) and hits[0]["key"] == "audio:bopeep-1.mp3/0"
+        assert hits[0]["lyrics_distance"] < 1e-3 and hits[0]["audio_distance"] < 1e-6
+        assert [h["distance"] for h in hits] == sorted(h["distance"] for h in hits)
+        if normalize == "none":  # fused = lyrics + alpha · audio
+            for h in hits:
+                assert abs(h["distance"] - (h["lyrics_distance"] + 0.5 * h["audio_distance"])) < 2e-6
+    # the zscore statistics come from the index's all-against-all matrices of both modalities
+    with np.load(tmp_path / "index" / "fusion.npz") as matrices:
+        assert matrices["lyrics_top1"].shape == matrices["audio"].shape == (len(rows), len(rows))
+    assert_user_error(run_wealy("search", tmp_path / "index", query, "--alpha", "0.5"), "--clews-checkpoint")
+    assert_user_error(run_wealy("search", root / "index", "--key", "audio:bopeep-1.mp3/0", "--alpha", "1"),
+                      "holds no CLEWS embeddings")
