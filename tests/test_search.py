@@ -428,3 +428,27 @@ def test_fused_search_equals_a_row_of_wealy_fuse(catalogue, tmp_path, normalize)
 def _plain_index(root: Path, tmp_path: Path) -> Index:
     build_index(options(root, tmp_path / "plain"))
     return Index(tmp_path / "plain")
+
+
+def test_a_second_writer_is_refused_while_one_holds_the_index(catalogue, tmp_path):
+    from test_concurrency import hold_lock
+
+    from wealy_cli.core.lock import LockedError
+
+    root, _ = catalogue
+    build_index(options(root, tmp_path / "index"))
+    digest = tree_digest(tmp_path / "index")
+    holder = hold_lock(tmp_path / "index", f"until={tmp_path / 'go'}")
+    try:
+        with pytest.raises(LockedError, match=r"index: this index is in use by .*lock_holder.py"):
+            add_to_index(add_options(root, tmp_path / "index"))
+        with pytest.raises(LockedError, match="in use by"):
+            build_index(options(root, tmp_path / "index"))
+        result = Searcher(Index(tmp_path / "index"), SearchOptions()).search_key("c0/v0")  # readers need no lock
+        assert result.hits[0].key == "c0/v0"
+    finally:
+        (tmp_path / "go").write_text("")
+        holder.wait(timeout=30)
+    assert {k: v for k, v in tree_digest(tmp_path / "index").items() if k != ".wealy.lock"} == \
+        {k: v for k, v in digest.items() if k != ".wealy.lock"}
+    assert add_to_index(add_options(root, tmp_path / "index")).added == 0  # free again

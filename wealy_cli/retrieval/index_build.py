@@ -9,7 +9,9 @@ the index holds exactly the songs of ``wealy distances``; unlabelled catalogue r
 without one, every song of the store (clique and version as stored).
 
 A build that stops (even SIGKILL) resumes when run again: embedded songs are in the cache,
-committed songs in the index; only the rest is done. ``add`` embeds the new songs only, with the
+committed songs in the index; only the rest is done. A build or add holds the index directory's
+run lock (``core.lock``): a second writer is refused, naming the first; searches only read the
+committed files and need no lock. ``add`` embeds the new songs only, with the
 index's checkpoint and chunking, and adds them to the same FAISS index (no retraining).
 """
 
@@ -27,6 +29,7 @@ import numpy as np
 
 from wealy_cli.core.datasets import SPLITS, DatasetSplit, MissingSplitError, load_split, split_key
 from wealy_cli.core.errors import UserError
+from wealy_cli.core.lock import run_lock
 from wealy_cli.core.store import Store, StoreWriter
 from wealy_cli.retrieval.index import (
     CACHE_DIR,
@@ -90,10 +93,11 @@ def build_index(opts: IndexBuildRun) -> BuildReport:
     params = IndexKindOptions.model_validate(opts.model_dump(include=set(IndexKindOptions.model_fields)))
     run = Indexing(Path(opts.output), model_path(opts.checkpoint, opts.model), opts.model, opts.chunk, opts.overlap,
                    opts.topk, params, opts.threads)
-    existing = read_manifest(run.output) if (run.output / MANIFEST).is_file() else None
-    if existing is not None:
-        _check_resumable(existing, run, features)
-    return _index_songs(opts, run, features, existing)
+    with run_lock(run.output, "index"):  # one writer at a time; searches only read committed files
+        existing = read_manifest(run.output) if (run.output / MANIFEST).is_file() else None
+        if existing is not None:
+            _check_resumable(existing, run, features)
+        return _index_songs(opts, run, features, existing)
 
 
 def add_to_index(opts: IndexAddRun) -> BuildReport:
@@ -102,22 +106,24 @@ def add_to_index(opts: IndexAddRun) -> BuildReport:
     from wealy_cli.retrieval.evaluate import model_path
     from wealy_cli.retrieval.search import checkpoint_for
 
-    manifest = read_manifest(opts.index)
-    index = Index(opts.index)  # checks the files (FAISS index included) before anything is appended
-    _ = index.faiss
-    index.close()
-    checkpoint = model_path(None, opts.model) if opts.model is not None else opts.checkpoint
-    weights = checkpoint_for(index, checkpoint)
-    run = Indexing(Path(opts.index), weights, manifest["model"].get("name"), manifest["chunk"], manifest["overlap"],
-                   manifest["topk"], kind_options(manifest["params"]), opts.threads)
-    features = Store(opts.store)
-    _check_features(manifest, features)
-    if manifest.get("clews") and opts.clews_store is None:
-        raise UserError(f"{opts.index}: the index holds CLEWS embeddings; give --clews-store for the new songs")
-    if opts.clews_store is not None and not manifest.get("clews"):
-        raise UserError(f"--clews-store: the index {opts.index} was built without CLEWS embeddings; "
-                        "build a new index with --clews-store to fuse")
-    return _index_songs(opts, run, features, manifest)
+    read_manifest(opts.index)  # a damaged index is refused before anything is touched
+    with run_lock(opts.index, "index"):
+        manifest = read_manifest(opts.index)
+        index = Index(opts.index)  # checks the files (FAISS index included) before anything is appended
+        _ = index.faiss
+        index.close()
+        checkpoint = model_path(None, opts.model) if opts.model is not None else opts.checkpoint
+        weights = checkpoint_for(index, checkpoint)
+        run = Indexing(Path(opts.index), weights, manifest["model"].get("name"), manifest["chunk"],
+                       manifest["overlap"], manifest["topk"], kind_options(manifest["params"]), opts.threads)
+        features = Store(opts.store)
+        _check_features(manifest, features)
+        if manifest.get("clews") and opts.clews_store is None:
+            raise UserError(f"{opts.index}: the index holds CLEWS embeddings; give --clews-store for the new songs")
+        if opts.clews_store is not None and not manifest.get("clews"):
+            raise UserError(f"--clews-store: the index {opts.index} was built without CLEWS embeddings; "
+                            "build a new index with --clews-store to fuse")
+        return _index_songs(opts, run, features, manifest)
 
 
 # ---------------------------------------------------------------- the shared run
@@ -144,7 +150,8 @@ def _index_songs(opts: CatalogueSongs, run: Indexing, features: Store,
     check_model_fits(features, cfg.input_channels)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     embed = EmbedOptions(chunk=run.chunk, overlap=run.overlap, topk=run.topk, batch_size=opts.batch_size)
-    fill_chunk_cache(model, cfg.zdim, features, todo, cache_dir, cache_settings, embed)
+    with run_lock(cache_dir, "chunk-embedding cache", wait=True):  # shared with evaluate and distances
+        fill_chunk_cache(model, cfg.zdim, features, todo, cache_dir, cache_settings, embed)
     cache = Store(cache_dir)
     failed = set(cache.failures())
     report.without_features = sorted(failed & set(todo))
