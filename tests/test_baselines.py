@@ -8,23 +8,30 @@ import re
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from helpers.cli import run_wealy
 from pydantic import ValidationError
 
+from wealy_cli.core.errors import UserError
 from wealy_cli.core.store import Store, StoreWriter
 from wealy_cli.ranking.matrixfile import read_matrix
 from wealy_cli.retrieval.baselines import (
+    BaselineOptions,
     Corpus,
+    SparseProduct,
+    baseline_blocks,
     bm25_distances,
     corpus_from_store,
     modified_ideal_distances,
     modified_random_distances,
+    rows_per_block,
     run_baselines,
     sbert_distances,
     tfidf_cosine_distances,
     tfidf_lucene_distances,
 )
 from wealy_cli.retrieval.options import BaselinesRun
+from wealy_cli.whisper.lyrics import clean
 
 # Three songs, each sung twice or three times with slightly different words (what Whisper returns
 # for covers), plus one song whose second version came out as annotations only.
@@ -187,3 +194,106 @@ def test_cli_bad_input_is_exit_code_2(tmp_path):
     result = run_wealy("baselines", "--store", store, "--dataset", "csv", "--metadata", meta, "-o",
                        tmp_path / "o", "--compute", "ideal,nonsense")
     assert result.returncode == 2 and "--compute" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- row blocks against dense references
+
+
+def _dense_references(corpus: Corpus, seed: int) -> dict[str, np.ndarray]:
+    """Each baseline's whole matrix computed directly (sklearn, the BM25 formula, the oracle
+    definitions), independently of the row-block code."""
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    texts = [t for t in corpus.texts]
+    x = _reference_tfidf([clean(t) for t in texts])
+    rnd = np.random.default_rng(seed).random((len(texts),) * 2, dtype=np.float32)
+    same = np.array([[a == b for b in corpus.cliques] for a in corpus.cliques])
+    valid = corpus.valid()
+    return {
+        "tfidf-cosine": np.clip(1.0 - cosine_similarity(x), 0, None),
+        "bm25": _reference_bm25(texts),
+        "ideal": np.where(same, 0.0, 1.0),
+        "random": rnd,
+        "modified-ideal": np.where(same & valid[None, :], 0.0, rnd),
+        "modified-random": rnd + np.where(same & valid[:, None] & valid[None, :], 0.0, 1.0).astype(np.float32),
+    }
+
+
+def _reference_bm25(texts):
+    from bm25s.stopwords import STOPWORDS_EN
+
+    docs = [[w for w in re.findall(r"\b\w\w+\b", clean(t).lower()) if w not in set(STOPWORDS_EN)] for t in texts]
+    n, avgdl, k1, b = len(docs), np.mean([len(d) for d in docs]), 1.5, 0.75
+    df = {w: sum(w in d for d in docs) for d in docs for w in d}
+    scores = np.zeros((n, n))
+    for i, query in enumerate(docs):
+        for j, doc in enumerate(docs):
+            for w in set(query):
+                tf = doc.count(w)
+                scores[i, j] += math.log(1 + (n - df[w] + 0.5) / (df[w] + 0.5)) * tf / (
+                    tf + k1 * (1 - b + b * len(doc) / avgdl))
+    top = scores.max(axis=1, keepdims=True)
+    return np.where(top > 0, 1.0 - scores / np.where(top > 0, top, 1), 1.0)
+
+
+@pytest.mark.parametrize("ties", ["expected", "pessimistic"])
+def test_row_blocks_rank_like_the_dense_matrix(tmp_path, ties):
+    """Every baseline streamed 2 rows at a time (with an empty and an invalid transcription:
+    big ties) gives the metrics of its dense reference matrix, and the .h5 written by row blocks
+    holds that matrix."""
+    from wealy_cli.ranking.metrics import retrieval_metrics
+
+    texts = {**LYRICS, **INVALID, "road/d": ""}
+    corpus = _corpus(texts)
+    names = ["tfidf-cosine", "bm25", "ideal", "random", "modified-ideal", "modified-random"]
+    res = run_baselines(corpus, names, tmp_path, BaselineOptions(seed=5, ties=ties), save_format="hdf5",
+                        block_rows=2)
+    for name, dense in _dense_references(corpus, seed=5).items():
+        want = retrieval_metrics(dense.astype(np.float32), corpus.cliques, corpus.cliques, corpus.keys,
+                                 corpus.keys, ties=ties)
+        for key in ("map", "mr1", "arp", "map_ci"):
+            assert res[name][key] == pytest.approx(want.to_dict()[key], abs=1e-9), (name, key)
+        assert res[name]["ties"] == ties
+        np.testing.assert_allclose(read_matrix(tmp_path / f"{name}_distances.h5").distances, dense, atol=1e-6)
+
+
+def test_blocks_have_the_asked_number_of_rows():
+    corpus = _corpus(LYRICS)
+    for name in ("tfidf-cosine", "tfidf-lucene", "bm25", "ideal", "random", "modified-random"):
+        starts = [(start, len(block)) for start, block in baseline_blocks(name, corpus, block_rows=4)]
+        assert starts == [(0, 4), (4, 4), (8, 1)], name
+    assert rows_per_block(116_197) * 116_197 * 4 <= 2**26  # a default block stays within 64 MB
+
+
+def test_sparse_product_dense_and_sparse_parts_agree_with_scipy():
+    rng = np.random.default_rng(1)
+    q = sp.random(60, 40, density=0.03, random_state=1, format="lil")  # rare terms: the sparse part
+    c = sp.random(80, 40, density=0.03, random_state=2, format="lil")
+    q[:, :5] = rng.random((60, 5))  # five terms in every row on both sides: the BLAS part
+    c[:, :5] = rng.random((80, 5))
+    q, c = q.tocsr(), c.tocsr()
+    want = (q @ c.T).toarray()
+    for dense_bytes in (0, 2**20):
+        product = SparseProduct(q, c, dense_bytes=dense_bytes)
+        assert product.c_dense_t.shape[0] == (5 if dense_bytes else 0)
+        got = np.vstack([product.rows(a, min(a + 7, 60)) for a in range(0, 60, 7)])
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_sbert_blocks_from_given_embeddings():
+    rng = np.random.default_rng(2)
+    emb = rng.standard_normal((7, 12)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    empty = np.array([False, False, True, False, False, False, False])
+    corpus = Corpus([f"c{i}/v" for i in range(7)], [f"c{i // 2}" for i in range(7)], ["x"] * 7)
+    got = np.vstack([b for _, b in baseline_blocks("sbert", corpus, block_rows=3, embeddings=(emb, empty))])
+    want = np.clip(1 - emb.astype(np.float64) @ emb.T, 0, 2)
+    want[2, :], want[:, 2] = 2.0, 2.0
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_npz_that_would_not_fit_in_memory_is_refused_before_work(tmp_path):
+    corpus = _corpus(LYRICS)
+    with pytest.raises(UserError, match="--distance-format npz: a 9×9 float32 matrix needs .* --distance-format hdf5"):
+        run_baselines(corpus, ["ideal"], tmp_path / "out", save_format="npz", memory_limit=100)
+    assert not (tmp_path / "out").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers.cli import REPO, run_wealy
+from helpers.cli import REPO, run_wealy, run_wealy_process
 
 from wealy_cli.clews.distances import clews_song_distances
 from wealy_cli.clews.extract import extract_clews
@@ -155,25 +155,29 @@ def test_bad_checkpoint_and_options_are_user_errors(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_one_process_per_device_splits_the_songs(tmp_path: Path):
-    """The --gpus N path (spawned processes, each with its own writer), run with two CPU devices."""
-    from wealy_cli.clews.extract import _run_devices, split_for, store_settings
-
+def test_worker_processes_split_the_songs(tmp_path: Path):
+    """--workers 2: two processes of the launcher, each with its own writer, give the store of one."""
     listing = tmp_path / "songs.csv"
     listing.write_text("clique,version,path\n"
                        f"a,1,{AUDIO / 'tiny.wav'}\na,2,{AUDIO / 'empty.mp3'}\n"
                        f"b,1,{AUDIO / 'silence.mp3'}\nb,2,{AUDIO / 'tiny.wav'}\n")
     ckpt = tiny_checkpoint(tmp_path / "tiny.ckpt")
-    s = load_settings(ExtractClewsSettings, checkpoint=ckpt, dataset="csv", metadata=listing, out=tmp_path / "store",
-                      loader_workers=0)
-    report = _run_devices(s, split_for(s).versions, store_settings(s, 16), ["cpu", "cpu"])
-    assert (report.stored, report.failed) == (3, 1)
+    common = ("extract", "clews", "--checkpoint", ckpt, "--dataset", "csv", "--metadata", listing,
+              "--loader-workers", "0", "--quiet")
+    two = run_wealy_process(*common, "--out", tmp_path / "store", "--gpus", "0", "--workers", "2", env=ENV,
+                            timeout=300)
+    assert two.returncode == 0, two.stderr
+    assert "│ stored" in two.stdout and two.stdout.count("CLEWS embeddings in") == 1  # rank 0 alone reports
     store = Store(tmp_path / "store")
     assert sorted(store.keys()) == ["a/1", "b/1", "b/2"] and list(store.failures()) == ["a/2"]
     shards = {p.name.split("-")[0]: p for p in (tmp_path / "store" / "shards").glob("*.h5")}
     assert sorted(shards) == ["w0", "w1"]  # rank 0: a/1, b/1; rank 1: a/2 (fails), b/2
     # the same file embedded by the two processes gives the same rows
     np.testing.assert_array_equal(store["a/1"], store["b/2"])
+    one = run_wealy(*common, "--out", tmp_path / "one", env=ENV)
+    assert one.returncode == 0, one.stderr
+    for key in store.keys():
+        np.testing.assert_array_equal(Store(tmp_path / "one")[key], store[key])
 
 
 def test_distances_command_with_clews_features(extracted, tmp_path: Path):

@@ -68,7 +68,7 @@ def test_evaluate_matches_dense_computation_and_two_workers_agree(setup, tmp_pat
     assert len(list((two / "cache").iterdir())) == 1
 
 
-@pytest.mark.parametrize("suffix,extra", [(".npz", []), (".pkl", ["--format", "pickle"])])
+@pytest.mark.parametrize("suffix,extra", [(".npz", []), (".pkl", ["--format", "pickle"]), (".h5", [])])
 def test_distances_file_matches_dense_computation(setup, tmp_path_factory, suffix, extra):
     root, items, model = setup
     folder = root / "distances"  # shared by both formats: the second run reuses the cached embeddings
@@ -84,6 +84,12 @@ def test_distances_file_matches_dense_computation(setup, tmp_path_factory, suffi
         assert set(raw) >= {"distance_matrix", "query_references", "candidate_references", "metadata"}
         assert raw["query_references"][4] == {"clique": "s1", "version": "v4", "matrix_row": 4}
     assert len(list((folder / "cache").iterdir())) == 1
+    if suffix == ".h5":  # written by row blocks: the same numbers as the in-memory formats
+        assert not [p for p in folder.iterdir() if p.name.startswith(".d.h5")]  # no temporary left
+        dense = folder / "dense.npz"
+        proc = run_wealy("distances", *common(root), "--topk", "1", "--output", dense)
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_array_equal(m.distances, read_matrix(dense).distances)
 
 
 def test_bad_inputs_are_one_line_errors(setup, tmp_path):

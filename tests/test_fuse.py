@@ -10,8 +10,19 @@ import pytest
 from helpers.cli import run_wealy
 
 from wealy_cli.core.errors import UserError
-from wealy_cli.ranking.fusion import align, best_row, fuse_grid, normalize
-from wealy_cli.ranking.matrixfile import DistanceMatrix, read_matrix, to_original_layout, write_matrix
+from wealy_cli.ranking.fusion import (
+    align,
+    best_row,
+    candidates_that_matter,
+    combine,
+    fuse_grid,
+    fuse_paths,
+    normalize,
+    own_entries,
+    plan_alignment,
+    write_fused,
+)
+from wealy_cli.ranking.matrixfile import DistanceMatrix, open_rows, read_matrix, to_original_layout, write_matrix
 from wealy_cli.ranking.metrics import retrieval_metrics
 from wealy_cli.ranking.options import parse_alphas
 
@@ -168,3 +179,72 @@ def test_cli_malformed_alphas_exit_code_2(tmp_path, alphas):
     assert result.returncode == 2
     assert "--alphas" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "fusion_results.csv").exists()
+
+
+# ---------------------------------------------------------------- files read by row blocks
+
+
+def _dense_fusion_maps(m1, m2, alphas, method, ties="expected"):
+    """The whole-matrix computation: align in memory, normalise, combine, rank."""
+    aligned = align([m1, m2], ["a", "b"])
+    own = own_entries(aligned.query_keys, aligned.candidate_keys)
+    normed = [normalize(d, method, own) for d in aligned.distances]
+    return [retrieval_metrics(combine(normed, [w]), aligned.query_cliques, aligned.candidate_cliques,
+                              aligned.query_keys, aligned.candidate_keys, ties=ties).to_dict() for w in alphas]
+
+
+@pytest.mark.parametrize("method", ["none", "zscore", "rank"])
+def test_fuse_over_h5_by_row_blocks_equals_npz_and_the_dense_computation(tmp_path, method):
+    m1, m2 = _pair(n_cliques=8, per=4, seed=6)
+    m1.distances[3, 5] = np.inf  # never a match: kept out of the statistics
+    m2.distances[1, :] = np.round(m2.distances[1, :], 1)  # some ties
+    alphas = [0.0, 0.5, 1.0, 2.0]
+    npz = [write_matrix(tmp_path / "a.npz", m1), write_matrix(tmp_path / "b.npz", _permuted(m2, 3))]
+    h5 = [write_matrix(tmp_path / "a.h5", m1), write_matrix(tmp_path / "b.h5", _permuted(m2, 3))]
+    block = 8 * 32 * 5  # 5 rows per block: several blocks
+    plan_n, rows_n = fuse_paths(npz, ["a", "b"], alphas, method, block_bytes=block)
+    plan_h, rows_h = fuse_paths(h5, ["a", "b"], alphas, method, block_bytes=block)
+    assert [r.metrics for r in rows_h] == [r.metrics for r in rows_n]
+    assert plan_h.query_keys == m1.query_keys and plan_h.report == plan_n.report
+    for row, want in zip(rows_h, _dense_fusion_maps(m1, m2, alphas, method)):
+        for key in ("map", "mr1", "arp", "map_ci"):
+            assert row.metrics[key] == pytest.approx(want[key], abs=1e-9)
+
+
+def test_fused_matrix_written_by_row_blocks(tmp_path):
+    m1, m2 = _pair(seed=7)
+    paths = [write_matrix(tmp_path / "a.h5", m1), write_matrix(tmp_path / "b.h5", m2)]
+    sources = [open_rows(p) for p in paths]
+    try:
+        plan = plan_alignment(sources, ["a", "b"])
+        write_fused(tmp_path / "fused.h5", plan, [0.7], "zscore", {"weights": [0.7]}, block_bytes=8 * 18 * 4)
+    finally:
+        for s in sources:
+            s.close()
+    aligned = align([m1, m2], ["a", "b"])
+    own = own_entries(aligned.query_keys, aligned.candidate_keys)
+    want = combine([normalize(d, "zscore", own) for d in aligned.distances], [0.7])
+    fused = read_matrix(tmp_path / "fused.h5")
+    np.testing.assert_allclose(fused.distances, want, rtol=1e-6)
+    assert fused.metadata == {"weights": [0.7]}
+
+
+@pytest.mark.parametrize("ties", ["expected", "pessimistic"])
+def test_candidates_left_out_never_change_the_ranking(ties):
+    """Candidates above every relevant one at both ends of the weight range are left out of the
+    per-weight ranking: the metrics still equal the whole-matrix ones at every weight."""
+    from wealy_cli.ranking.metrics import RankAccumulator
+
+    m1, m2 = _pair(n_cliques=10, per=4, seed=9)
+    m2.distances[:, ::7] = np.round(m2.distances[:, ::7], 1)  # ties
+    alphas = [0.0, 0.25, 0.5, 1.0, 1.5, 2.0]
+    aligned = align([m1, m2], ["a", "b"])
+    rows = fuse_grid(aligned, alphas, ties=ties)
+    acc = RankAccumulator(aligned.query_cliques, aligned.candidate_cliques, aligned.query_keys,
+                          aligned.candidate_keys, ties=ties)
+    mats = [np.asarray(d, dtype=np.float64) for d in aligned.distances]
+    kept = candidates_that_matter(mats, [(a,) for a in alphas], acc, np.arange(len(aligned.query_keys)))
+    assert np.mean([len(c) for c in kept]) < 0.8 * len(aligned.candidate_keys)  # some are left out
+    for row, want in zip(rows, _dense_fusion_maps(m1, m2, alphas, "none", ties)):
+        for key in ("map", "mr1", "arp"):
+            assert row.metrics[key] == pytest.approx(want[key], abs=1e-12)

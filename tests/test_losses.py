@@ -8,7 +8,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from wealy_cli.model.losses import clews_loss, make_loss, ntxent_loss, triplet_loss
+from wealy_cli.model.losses import clews_loss, cosine_similarity_matrix, make_loss, ntxent_loss, triplet_loss
 from wealy_cli.model.options import LossOptions
 
 torch.set_num_threads(1)
@@ -75,7 +75,7 @@ def test_losses_match_loop_reference_with_repeated_versions(kind):
     ids = [0, 1, 2, 3, 4, 5, 6, 7, 0, 8]  # version 0 drawn twice, clique 4 has no positive
     z = torch.randn(10, 6, dtype=torch.float64)
     cfg = LossOptions(loss=kind, temperature=0.3, margin=0.2)
-    got = make_loss(cfg)(z, torch.tensor(labels), torch.tensor(ids)).item()
+    got = make_loss(cfg)(cosine_similarity_matrix(z), torch.tensor(labels), torch.tensor(ids)).item()
     assert got == pytest.approx(_reference(kind, z, labels, ids, cfg), rel=1e-9)
 
 
@@ -87,7 +87,7 @@ def test_gradients_finite_even_with_degenerate_rows(kind):
     z[4] = z[5] * 1e4  # huge norm
     z.requires_grad_(True)
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 4])
-    loss = make_loss(LossOptions(loss=kind, temperature=0.05))(z, labels, torch.arange(8))
+    loss = make_loss(LossOptions(loss=kind, temperature=0.05))(cosine_similarity_matrix(z), labels, torch.arange(8))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
     assert z.grad.abs().sum() > 0

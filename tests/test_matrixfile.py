@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 
 from wealy_cli.core.errors import UserError
-from wealy_cli.ranking.matrixfile import DistanceMatrix, MatrixFileError, read_matrix, write_matrix
+from wealy_cli.ranking.matrixfile import (
+    DistanceMatrix,
+    MatrixFileError,
+    MatrixWriter,
+    check_disk_space,
+    open_rows,
+    read_matrix,
+    write_matrix,
+)
 
 
 def _matrix(seed: int = 0) -> DistanceMatrix:
@@ -376,3 +384,75 @@ def test_cli_fuse_refuses_crafted_files_with_exit_2_and_one_line(tmp_path, capsy
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith(f"error: {bad}: ") and words in err
     assert not (out / "fusion_results.csv").exists()
+
+# ---------------------------------------------------------------- row blocks (.h5)
+
+
+def test_writer_by_row_blocks_in_any_order_round_trips(tmp_path):
+    m = _matrix(1)
+    rng = np.random.default_rng(0)
+    big = DistanceMatrix(rng.random((40, 5)).astype(np.float32), [f"q/{i}" for i in range(40)], m.candidate_keys,
+                         ["q"] * 40, m.candidate_cliques, {"model": "x"})
+    path = tmp_path / "rows.h5"
+    with MatrixWriter(path, big.query_keys, big.candidate_keys, big.query_cliques, big.candidate_cliques,
+                      big.metadata) as writer:
+        for part in np.array_split(rng.permutation(40), 6):  # scattered rows, any order
+            writer.write_rows(part, big.distances[part])
+        assert not path.exists()  # built under a temporary name
+    back = read_matrix(path)
+    np.testing.assert_array_equal(back.distances, big.distances)
+    assert back.query_keys == big.query_keys and back.metadata == {"model": "x"}
+    with open_rows(path) as rows:
+        assert not rows.in_memory and rows.shape == (40, 5)
+        pick = np.array([7, 3, 4, 5, 39, 0])
+        np.testing.assert_array_equal(rows.rows(pick), big.distances[pick])
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.h5"]
+
+
+def test_open_rows_reads_npz_and_pickle_whole(tmp_path):
+    m = _matrix(2)
+    for suffix in (".npz", ".pkl"):
+        with open_rows(write_matrix(tmp_path / f"m{suffix}", m)) as rows:
+            assert rows.in_memory and rows.query_keys == m.query_keys
+            np.testing.assert_array_equal(rows.rows([2, 0]), m.distances[[2, 0]])
+
+
+def test_an_unfinished_or_failed_writer_leaves_nothing_and_keeps_the_old_file(tmp_path):
+    m = _matrix(3)
+    path = write_matrix(tmp_path / "m.h5", m)
+    before = path.read_bytes()
+    with pytest.raises(MatrixFileError, match="1 of 3 rows were never written"):
+        with MatrixWriter(path, m.query_keys, m.candidate_keys, m.query_cliques, m.candidate_cliques) as w:
+            w.write(0, m.distances[:2])
+    with pytest.raises(RuntimeError, match="boom"):
+        with MatrixWriter(path, m.query_keys, m.candidate_keys, m.query_cliques, m.candidate_cliques) as w:
+            w.write(0, m.distances)
+            raise RuntimeError("boom")
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.h5"]
+
+
+def test_not_enough_disk_is_refused_before_writing(tmp_path):
+    path = tmp_path / "sub" / "huge.h5"
+    with pytest.raises(MatrixFileError, match=r"huge\.h5: the distance matrix needs .* GiB of disk"):
+        check_disk_space(path, 2**70)
+    # a writer for an absurd matrix (10⁸ × 10⁸ float32 = 40 PB) refuses before creating anything
+    with pytest.raises(MatrixFileError, match="huge.h5"):
+        MatrixWriter(path, range(10**8), range(10**8), range(10**8), range(10**8))
+    assert not (tmp_path / "sub").exists()
+    check_disk_space(path, 1)  # a small file fits
+
+
+def test_inconsistent_h5_is_refused_by_open_rows(tmp_path):
+    path = write_matrix(tmp_path / "m.h5", _matrix())
+    with h5py.File(path, "a") as fh:
+        del fh["query_cliques"]
+    with pytest.raises(MatrixFileError, match="missing 'query_cliques'"):
+        open_rows(path)
+    with h5py.File(path, "a") as fh:  # a NaN in a row block is refused when that block is read
+        fh["query_cliques"] = np.array(["10", "10", "22"], dtype=object).astype(h5py.string_dtype())
+        fh["distances"][1, 2] = np.nan
+    with open_rows(path) as rows:
+        rows.rows([0])
+        with pytest.raises(MatrixFileError, match=r"m\.h5: 'distances' holds NaN \(row 1, column 2\)"):
+            rows.rows([2, 1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import helpers.metrics_reference as ref
 import numpy as np
 import pytest
 import torch
@@ -10,7 +11,7 @@ from helpers.stores import make_store
 from wealy_cli.core.store import Store, StoreWriter
 from wealy_cli.ranking.chunks import EmbedOptions, chunk_spans, embed_chunks, embedding_groups
 from wealy_cli.ranking.metrics import retrieval_metrics
-from wealy_cli.ranking.tiles import SongSet, all_against_all, dense_distances
+from wealy_cli.ranking.tiles import SongSet, all_against_all, dense_distances, distance_rows
 
 
 def test_chunk_spans_by_hand():
@@ -56,18 +57,49 @@ def test_blocked_distances_equal_dense(topk, max_chunks):
     np.testing.assert_allclose(dense_distances(songs, topk), dense_reference(emb, topk), atol=2e-6)
 
 
-def reference_metrics(dist, cliques):
-    aps, firsts, rps = [], [], []
-    n = len(cliques)
-    for i in range(n):
-        cand = np.array([j for j in range(n) if j != i])
-        rel = np.array([cliques[j] == cliques[i] for j in cand])
-        order = np.lexsort((cand, rel.astype(int), dist[i, cand]))
-        hits = np.flatnonzero(rel[order]) + 1
-        aps.append(np.mean(np.arange(1, len(hits) + 1) / hits))
-        firsts.append(hits[0])
-        rps.append(100 * np.mean((hits - np.arange(1, len(hits) + 1)) / (len(cand) - rel.sum())))
-    return np.array(aps), np.array(firsts), np.array(rps)
+@pytest.mark.parametrize("block_bytes", [4 * 90 * 7, 2**28])
+def test_distance_rows_cover_the_dense_matrix_row_block_by_row_block(block_bytes):
+    rng = np.random.default_rng(5)
+    emb, cliques = random_songs(rng, 90, 4)
+    songs = SongSet([e.astype(np.float32) for e in emb], cliques, tile_rows=24)
+    seen = np.zeros(90, dtype=int)
+    out = np.full((90, 90), np.nan, dtype=np.float32)
+    for index, block in distance_rows(songs, 2, block_bytes):
+        assert block.shape == (len(index), 90) and block.dtype == np.float32
+        assert len(index) <= max(1, block_bytes // (4 * 90))
+        out[index] = block
+        seen[index] += 1
+    assert (seen == 1).all()
+    np.testing.assert_allclose(out, dense_reference(emb, 2), atol=2e-6)
+
+
+def test_shared_row_blocks_and_tile_pairs_cover_the_matrix_once():
+    """Three workers' row blocks (distance_rows rank::3) and tile-pair blocks (distance_blocks)
+    together give the dense reference, each row and each pair exactly once."""
+    from wealy_cli.ranking.tiles import assemble_distances, distance_blocks, row_blocks
+
+    rng = np.random.default_rng(6)
+    emb, cliques = random_songs(rng, 90, 4)
+    songs = SongSet([e.astype(np.float32) for e in emb], cliques, tile_rows=24)
+    reference = dense_reference(emb, 2)
+    block_bytes = 4 * 90 * 7
+    assert len(row_blocks(songs, block_bytes)) > 6
+    seen = np.zeros(90, dtype=int)
+    out = np.full((90, 90), np.nan, dtype=np.float32)
+    for rank in range(3):
+        for index, block in distance_rows(songs, 2, block_bytes, rank=rank, world=3):
+            out[index] = block
+            seen[index] += 1
+    assert (seen == 1).all()
+    np.testing.assert_allclose(out, reference, atol=2e-6)
+    blocks = [b for rank in range(3) for b in distance_blocks(songs, 2, rank, 3)]
+    assert sorted((i, j) for i, j, _ in blocks) == songs.tile_pairs()
+    np.testing.assert_allclose(assemble_distances(songs, blocks), reference, atol=2e-6)
+
+
+def reference_metrics(dist, cliques, ties="expected"):
+    reference = ref.expected_by_groups if ties == "expected" else ref.pessimistic
+    return ref.per_query(reference, dist, cliques, cliques, np.arange(len(cliques)))
 
 
 @pytest.mark.parametrize("topk,max_chunks", [(1, 1), (1, 4), (3, 4)])
@@ -83,9 +115,52 @@ def test_tiled_metrics_equal_dense_reference(topk, max_chunks):
     ap, first, rp = reference_metrics(dense_reference(emb, topk), cliques)
     assert 0.05 < ap.mean() < 0.95  # neither trivial nor hopeless
     np.testing.assert_allclose(m.ap, ap, atol=1e-12)
-    np.testing.assert_array_equal(m.first_rank, first)
+    np.testing.assert_allclose(m.first_rank, first, atol=1e-12)
     np.testing.assert_allclose(m.rp, rp, atol=1e-9)
-    assert m.map == pytest.approx(ap.mean()) and m.n_queries == 150
+    assert m.map == pytest.approx(ap.mean()) and m.n_queries == 150 and m.ties == "expected"
+
+
+def tied_songs(rng, n, max_chunks, clique_max=8, dim=8):
+    """Chunks with four entries ±1/2 (unit norm, exact in float32): every cosine is a multiple of
+    1/4, computed exactly in any order, so song distances tie massively and exactly."""
+    cliques, c = [], 0
+    while len(cliques) < n:
+        cliques += [f"c{c}"] * int(rng.integers(2, clique_max + 1))
+        c += 1
+    cliques = list(rng.permutation(cliques[:n]))
+    emb = []
+    for _ in range(n):
+        e = np.zeros((int(rng.integers(1, max_chunks + 1)), dim))
+        for row in e:
+            row[rng.choice(dim, 4, replace=False)] = rng.choice([-0.5, 0.5], 4)
+        emb.append(e)
+    return emb, cliques
+
+
+@pytest.mark.parametrize("ties", ["expected", "pessimistic"])
+@pytest.mark.parametrize("topk,max_chunks", [(1, 1), (2, 3)])
+def test_tiled_metrics_with_exact_ties_equal_dense_reference_for_any_worker_split(ties, topk, max_chunks):
+    rng = np.random.default_rng(20 + topk)
+    emb, cliques = tied_songs(rng, 160, max_chunks)
+    dense = dense_reference(emb, topk)  # float64; the same values as float32 (multiples of 1/8)
+    assert len(np.unique(dense)) < 20  # tie-heavy indeed
+    songs = SongSet([e.astype(np.float32) for e in emb], cliques, tile_rows=24)
+    assert len(songs.tiles) > 4
+    want = reference_metrics(dense, cliques, ties)
+    single = all_against_all(songs, topk, ties=ties)
+    np.testing.assert_allclose(single.ap, want[0], atol=1e-12)
+    np.testing.assert_allclose(single.first_rank, want[1], atol=1e-12)
+    np.testing.assert_allclose(single.rp, want[2], atol=1e-9)
+    assert single.ties == ties
+    flats = []
+    for rank in range(2):  # two simulated workers; the reduce sums their integer counts
+        all_against_all(songs, topk, rank, 2, reduce=lambda x: flats.append(x.clone()) or x, ties=ties)
+    total = flats[0] + flats[1]
+    merged = all_against_all(songs, topk, 0, 2, reduce=lambda x: total, ties=ties)
+    np.testing.assert_array_equal(merged.ap, single.ap)
+    np.testing.assert_array_equal(merged.first_rank, single.first_rank)
+    np.testing.assert_array_equal(merged.rp, single.rp)
+    assert merged.to_dict() == single.to_dict()
 
 
 def test_workers_sum_to_the_single_worker_result():
@@ -103,15 +178,17 @@ def test_workers_sum_to_the_single_worker_result():
     assert merged.to_dict() == single.to_dict()
 
 
-def test_tiled_metrics_match_retrieval_metrics_on_the_dense_matrix():
+@pytest.mark.parametrize("ties", ["expected", "pessimistic"])
+def test_tiled_metrics_match_retrieval_metrics_on_the_dense_matrix(ties):
     rng = np.random.default_rng(11)
     emb, cliques = random_songs(rng, 200, 2, clique_max=20)
     songs = SongSet([e.astype(np.float32) for e in emb], cliques, tile_rows=50)
     dense = dense_distances(songs, 2)
-    a = all_against_all(songs, 2)
-    b = retrieval_metrics(dense, cliques, cliques)
+    a = all_against_all(songs, 2, ties=ties)
+    b = retrieval_metrics(dense, cliques, cliques, ties=ties)
     np.testing.assert_allclose(a.ap, b.ap, atol=1e-12)
     np.testing.assert_array_equal(a.first_rank, b.first_rank)
+    np.testing.assert_allclose(a.rp, b.rp, atol=1e-12)
 
 
 def test_embed_chunks_matches_direct_model_calls_and_resumes(tmp_path):

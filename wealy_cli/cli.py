@@ -93,8 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted; rerun the same command to resume", debug, code=130)
     except UserError as err:
-        # Library modules raise UserError subclasses (DatasetError, StoreError, ...) for bad input.
-        return _fail(str(err) or type(err).__name__, debug)
+        # Library modules raise UserError subclasses (DatasetError, StoreError, ...) for bad input;
+        # a process of a multi-process run may carry another rank's exit code, or leave the saying
+        # to rank 0 (``quiet``: they share a terminal).
+        code = int(getattr(err, "exit_code", 2))
+        if getattr(err, "quiet", False):
+            return code
+        return _fail(str(err) or type(err).__name__, debug, code=code)
     except Exception as err:  # a bug, not the user's fault: say so, keep the message short
         return _fail(f"internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback)",
                      debug, code=1)

@@ -18,7 +18,7 @@ def build_evaluation_setup(root: Path):
 
     rng = np.random.default_rng(0)
     cliques = [f"s{i // 3}" for i in range(30)]
-    centre = {c: rng.standard_normal(DIM) for c in set(cliques)}
+    centre = {c: rng.standard_normal(DIM) for c in sorted(set(cliques))}  # not set order: PYTHONHASHSEED
     items = {f"{c}/v{i}": (centre[c] + rng.standard_normal((int(rng.integers(5, 41)), DIM))).astype(np.float16)
              for i, c in enumerate(cliques)}
     make_store(root / "features", items, DIM)

@@ -13,11 +13,12 @@ shingles x shingles matrix is reduced to one number:
 
 Only one block of query songs x one block of candidate songs is in memory at a time (padded to
 their longest song, padding masked), so the cost in memory does not grow with the data set.
+Several processes (``Workers``) share the block pairs; rank 0 gathers and assembles the matrix.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from wealy_cli.clews.options import ClewsDistanceOptions, parse_redux
 from wealy_cli.core import ui
 from wealy_cli.core.datasets import DatasetSplit, load_split
 from wealy_cli.core.errors import UserError
+from wealy_cli.core.launch import Workers
 from wealy_cli.core.layers import pad_sequences
 from wealy_cli.core.settings import DataSettings
 from wealy_cli.core.store import Store
@@ -101,8 +103,11 @@ def clews_song_distances(
     block: int = 32,
     device: str | torch.device = "cpu",
     cache_bytes: int = 2 * 2**30,
-) -> np.ndarray:
-    """Song-pair distances (n_queries, n_candidates) float32 for keys of a CLEWS store.
+    workers: Workers | None = None,
+) -> np.ndarray | None:
+    """Song-pair distances (n_queries, n_candidates) float32 for keys of a CLEWS store (with
+    ``workers``: this process computes every world-th block pair; rank 0 gets the matrix, the
+    others None).
 
     Songs are sorted by length and processed ``block`` songs at a time (similar lengths share a
     block, so little padding is computed). When queries and candidates are the same keys, only
@@ -125,22 +130,37 @@ def clews_song_distances(
     cache = {k: store[k] for k in ckeys} if cand_bytes <= cache_bytes else None
     qspans = [(i, min(i + block, len(qkeys))) for i in range(0, len(qkeys), block)]
     cspans = [(i, min(i + block, len(ckeys))) for i in range(0, len(ckeys), block)]
-    n_pairs = len(qspans) * (len(qspans) + 1) // 2 if symmetric else len(qspans) * len(cspans)
-    ordered = np.empty((len(qkeys), len(ckeys)), np.float32)
-    with ui.progress(transient=True) as bar:
-        task = bar.add_task("CLEWS distances", total=n_pairs, status=redux)
-        for qb in range(len(qspans)):
-            (q0, q1) = qspans[qb]
-            q, qmask = pad_sequences([_read(store, cache, k) for k in qkeys[q0:q1]], device=device)
-            for cb in range(qb if symmetric else 0, len(cspans)):
-                (c0, c1) = cspans[cb]
+    pairs = [(qb, cb) for qb in range(len(qspans)) for cb in range(qb if symmetric else 0, len(cspans))]
+    workers = workers or Workers()
+
+    def blocks() -> Iterator[tuple[int, int, np.ndarray]]:
+        mine = workers.share(pairs)
+        with ui.progress(transient=True) as bar:
+            task = bar.add_task("CLEWS distances", total=len(mine), status=redux)
+            loaded: tuple = (-1, None, None)
+            for qb, cb in mine:
+                (q0, q1), (c0, c1) = qspans[qb], cspans[cb]
+                if loaded[0] != qb:  # pairs come row by row: each query block is read once
+                    loaded = (qb, *pad_sequences([_read(store, cache, k) for k in qkeys[q0:q1]], device=device))
+                _, q, qmask = loaded
                 c, cmask = pad_sequences([_read(store, cache, k) for k in ckeys[c0:c1]], device=device)
                 valid = qmask[:, None, :, None] & cmask[None, :, None, :]
-                red = reduce_pairs(block_distances(q, c), redux, valid).cpu().numpy()
-                ordered[q0:q1, c0:c1] = red
-                if symmetric and cb != qb:
-                    ordered[c0:c1, q0:q1] = red.T
+                yield qb, cb, reduce_pairs(block_distances(q, c), redux, valid).cpu().numpy()
                 bar.advance(task)
+                workers.check()
+
+    done: Iterable[tuple[int, int, np.ndarray]] = blocks()
+    if workers.world > 1:  # rank 0 assembles every process's blocks
+        parts = workers.gather_object(list(done))
+        if parts is None:
+            return None
+        done = (b for part in parts for b in part)
+    ordered = np.empty((len(qkeys), len(ckeys)), np.float32)
+    for qb, cb, red in done:
+        (q0, q1), (c0, c1) = qspans[qb], cspans[cb]
+        ordered[q0:q1, c0:c1] = red
+        if symmetric and cb != qb:
+            ordered[c0:c1, q0:q1] = red.T
     out = np.empty_like(ordered)
     out[np.ix_(qorder, corder)] = ordered
     return out
@@ -164,9 +184,9 @@ def clews_distances_to(query: np.ndarray, candidates: Sequence[np.ndarray], redu
 
 
 def clews_distance_matrix(store: Store, split: DatasetSplit, redux: str = "bpwr-5", block: int = 32,
-                          device: str | torch.device = "cpu") -> DistanceMatrix:
+                          device: str | torch.device = "cpu", workers: Workers | None = None) -> DistanceMatrix | None:
     """All-against-all matrix of the split's versions that are in the store (queries = candidates),
-    ready for ``write_matrix`` and ``retrieval_metrics``."""
+    ready for ``write_matrix`` and ``retrieval_metrics`` (None on ranks other than 0)."""
     if store.manifest.get("kind") != "clews":
         raise UserError(f"{store.directory}: not a CLEWS store (kind {store.manifest.get('kind')!r}); "
                         "make one with 'wealy extract clews'")
@@ -176,7 +196,9 @@ def clews_distance_matrix(store: Store, split: DatasetSplit, redux: str = "bpwr-
                         "per clique")
     keys = kept.keys
     cliques = [v.clique for v in kept.versions]
-    dist = clews_song_distances(store, keys, keys, redux=redux, block=block, device=device)
+    dist = clews_song_distances(store, keys, keys, redux=redux, block=block, device=device, workers=workers)
+    if dist is None:
+        return None
     meta = {"features": "clews", "redux": redux, "distance": "normalised squared euclidean per shingle pair",
             "dataset": split.name, "split": split.split, "store": str(store.directory),
             "store_settings": store.settings}
@@ -184,13 +206,17 @@ def clews_distance_matrix(store: Store, split: DatasetSplit, redux: str = "bpwr-
 
 
 def write_clews_distances(store_dir: Path, data: DataSettings, opts: ClewsDistanceOptions, path: Path,
-                          fmt: MatrixFormat) -> tuple[tuple[int, int], Metrics]:
+                          fmt: MatrixFormat, ties: str = "expected",
+                          workers: Workers | None = None) -> tuple[tuple[int, int], Metrics] | None:
     """CLEWS shingle embeddings → song distances by ``opts.redux``, streamed by blocks, written
-    to ``path``; returns the matrix shape and its metrics."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    to ``path`` by rank 0; returns the matrix shape and its metrics (None on other ranks)."""
+    workers = workers or Workers(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     split = load_split(data.dataset, data.split, data.metadata, check_audio=False)
-    matrix = clews_distance_matrix(Store(store_dir), split, redux=opts.redux, block=opts.block, device=device)
+    matrix = clews_distance_matrix(Store(store_dir), split, redux=opts.redux, block=opts.block,
+                                   device=workers.device, workers=workers)
+    if matrix is None:
+        return None
     write_matrix(path, matrix, fmt)
     metrics = retrieval_metrics(matrix.distances, matrix.query_cliques, matrix.candidate_cliques,
-                                matrix.query_keys, matrix.candidate_keys)
+                                matrix.query_keys, matrix.candidate_keys, ties=ties)
     return matrix.distances.shape, metrics

@@ -3,15 +3,17 @@
 Each song is decoded to 16 kHz mono (first ``max_seconds``), cut into shingles of
 ``shingle_seconds`` every ``hop`` seconds (the official test-time cut: 20 s every 5 s, at most
 600 s), and every shingle is embedded; the store holds one (shingles x zdim) matrix per song.
-Audio is decoded in DataLoader worker processes while the model runs. With ``--gpus N`` (N > 1)
-one process per GPU takes every N-th song and writes its own shards; a file that cannot be
-decoded is recorded as a failure in the store and the run goes on.
+Audio is decoded in DataLoader worker processes while the model runs. Several processes
+(``--gpus N`` or ``--workers N``, on ``--nodes M`` machines: :func:`wealy_cli.core.launch.launch`)
+each take every world-th song and write their own shards (writer ``w<rank>``); a file that
+cannot be decoded is recorded as a failure in the store and the run goes on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +26,7 @@ from wealy_cli.core import ui
 from wealy_cli.core.audio import AudioError, load_audio
 from wealy_cli.core.datasets import DatasetSplit, Version, load_split
 from wealy_cli.core.errors import UserError
-from wealy_cli.core.launch import check_gpus
-from wealy_cli.core.lock import run_lock
+from wealy_cli.core.launch import launch, resolve_devices
 from wealy_cli.core.store import StoreWriter
 
 
@@ -142,8 +143,9 @@ class _SongBatcher:
 
 
 def _run_part(s: ClewsExtractOptions, versions: list[Version], rank: int, model: ClewsModel,
-              settings: dict[str, object], show_progress: bool) -> ExtractReport:
-    """Embed ``versions`` with ``model`` into the store with writer name ``w<rank>``."""
+              settings: dict[str, object], check: Callable[[], None] = lambda: None) -> ExtractReport:
+    """Embed ``versions`` with ``model`` into the store with writer name ``w<rank>``; ``check``
+    is called after every song (it raises to stop the run)."""
     report = ExtractReport()
     with StoreWriter(s.out, model.config.zdim, writer=f"w{rank}", settings=settings, kind="clews",
                      shard_items=32) as writer:
@@ -153,7 +155,7 @@ def _run_part(s: ClewsExtractOptions, versions: list[Version], rank: int, model:
                                              num_workers=s.loader_workers, collate_fn=_identity)
         batcher = _SongBatcher(model, writer, report, s.batch_size)
         with ui.progress() as bar:
-            task = bar.add_task("CLEWS embeddings", total=len(todo), status="", visible=show_progress)
+            task = bar.add_task("CLEWS embeddings", total=len(todo), status="")
             for i, audio, error in loader:
                 version = todo[i]
                 if audio is None:
@@ -165,44 +167,8 @@ def _run_part(s: ClewsExtractOptions, versions: list[Version], rank: int, model:
                     shingles = song_shingles(audio, s.shingle_seconds, s.hop)
                     done = batcher.add(version, shingles, audio.shape[0] / SAMPLE_RATE)
                 bar.update(task, advance=done, status=f"{report.failed} failed")
+                check()
             bar.update(task, advance=batcher.flush())
-    return report
-
-
-def _worker(rank: int, s: ClewsExtractOptions, versions: list[Version], settings: dict[str, object],
-            devices: list[str], quiet: bool, queue) -> None:  # noqa: ANN001 - a multiprocessing queue
-    ui.set_quiet(quiet)  # spawned processes start with the defaults
-    model = load_clews(s.checkpoint, device=devices[rank])
-    part = versions[rank::len(devices)]
-    queue.put((rank, _run_part(s, part, rank, model, settings, show_progress=rank == 0)))
-
-
-def _run_devices(s: ClewsExtractOptions, versions: list[Version], settings: dict[str, object],
-                 devices: list[str]) -> ExtractReport:
-    """One spawned process per device (rank r takes every len(devices)-th song and writes shards
-    named w<r>); a process that dies is reported instead of waited for."""
-    import queue as queue_module
-
-    ctx = torch.multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, s, versions, settings, devices, ui.is_quiet(), results))
-             for r in range(len(devices))]
-    for p in procs:
-        p.start()
-    report, done = ExtractReport(), 0
-    while done < len(procs):
-        try:
-            report.merge(results.get(timeout=5)[1])
-            done += 1
-        except queue_module.Empty:
-            dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
-            if dead:
-                for p in procs:
-                    p.terminate()
-                raise RuntimeError(f"worker process(es) {dead} failed; finished shards are kept, "
-                                   "run again to resume") from None
-    for p in procs:
-        p.join()
     return report
 
 
@@ -216,19 +182,23 @@ def split_for(s: ClewsExtractOptions) -> DatasetSplit:
     return split
 
 
-def extract_clews(s: ClewsExtractOptions) -> ExtractReport:
-    """Embed every version of the split; resume skips versions already in the store."""
+def extract_clews(s: ClewsExtractOptions) -> ExtractReport | None:
+    """Embed every version of the split on every process of the run; resume skips versions
+    already in the store. Returns the combined report on rank 0, None elsewhere."""
     start = time.time()
-    check_gpus(s.gpus)
+    devices = resolve_devices(s)
     split = split_for(s)
-    model = load_clews(s.checkpoint)  # checks the checkpoint before any worker starts
+    model = load_clews(s.checkpoint)  # checks the checkpoint before the other processes start
     settings = store_settings(s, model.config.zdim)
-    with run_lock(s.out, "store"):  # one run per store; the spawned GPU processes write under it
-        if s.gpus <= 1:
-            model = model.to("cuda:0" if s.gpus == 1 else "cpu")
-            report = _run_part(s, split.versions, 0, model, settings, show_progress=True)
-        else:
-            del model  # each GPU process loads its own copy
-            report = _run_devices(s, split.versions, settings, [f"cuda:{r}" for r in range(s.gpus)])
+    with launch(devices, s.nodes, peer_timeout=s.peer_timeout, lock=(s.out, "store")) as workers:  # one run per store
+        workers.check_same([v.key for v in split.versions], "the work list (--dataset, --split, --metadata)")
+        model = model.to(workers.device)
+        part = _run_part(s, workers.share(split.versions), workers.rank, model, settings, workers.check)
+        parts = workers.gather_object(part)
+    if parts is None:
+        return None
+    report = ExtractReport()
+    for part in parts:
+        report.merge(part)
     report.wall_seconds = time.time() - start
     return report

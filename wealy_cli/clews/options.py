@@ -7,10 +7,11 @@ from typing import Annotated
 
 from pydantic import AfterValidator, model_validator
 
+from wealy_cli.core.launch import DeviceOptions, NodeOptions
 from wealy_cli.core.settings import CreatableDir, DataSettings, ExistingFile, Options, option
 
 
-class ClewsExtractOptions(DataSettings):
+class ClewsExtractOptions(DataSettings, DeviceOptions, NodeOptions):
     """``wealy extract clews``: a dataset's audio → CLEWS shingle embeddings in a store."""
 
     checkpoint: ExistingFile = option(help="CLEWS checkpoint: the official shs-clews / dvi-clews .ckpt, or a "
@@ -21,7 +22,6 @@ class ClewsExtractOptions(DataSettings):
     shingle_seconds: float = option(20.0, "Shingle length in seconds (shorter shingles are repeated to 20 s, as "
                                     "the official code does).", gt=0)
     batch_size: int = option(16, "Shingles per forward pass.", ge=1)
-    gpus: int = option(0, "GPUs to use, one process each; 0 = CPU.", ge=0)
     loader_workers: int = option(1, "Audio decoding processes feeding the model.", ge=0)
 
     @model_validator(mode="after")

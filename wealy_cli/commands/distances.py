@@ -22,13 +22,12 @@ def distances(settings: DistancesSettings) -> None:
 
     path = settings.output
     fmt = output_format(path, settings.format)
-    if settings.features == "clews":
-        from wealy_cli.clews.distances import write_clews_distances
-
-        shape, metrics = write_clews_distances(settings.store, settings, settings, path, fmt)
+    result = write_distances(settings, fmt)
+    if result is None:  # a process other than rank 0: rank 0 writes and reports
+        return
+    shape, metrics = result
+    if metrics is not None:
         ui.show(ui.metrics_table(f"CLEWS {settings.redux}, {settings.dataset}/{settings.split}: "
                                  f"{metrics.n_queries} queries", {"CLEWS": metrics.to_dict()}))
-    else:
-        shape = write_distances(settings, fmt)
     write_resolved(settings, path.parent, name=f"{path.name}.settings.yaml")
     ui.console.print(f"wrote {path} ({fmt}, {shape[0]}×{shape[1]})", highlight=False)

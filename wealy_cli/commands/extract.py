@@ -63,6 +63,8 @@ def clews(settings: ExtractClewsSettings) -> None:
     from wealy_cli.clews.extract import extract_clews
 
     report = extract_clews(settings)
+    if report is None:  # a worker process other than rank 0: rank 0 reports
+        return
     write_resolved(settings, settings.out, name="extract_clews.yaml")
     minutes = report.audio_seconds / 60
     ui.show(ui.key_value_table(f"CLEWS embeddings in {settings.out}", {

@@ -39,13 +39,14 @@ class GeMPool(nn.Module):
 
 
 def pad_sequences(sequences: Sequence[np.ndarray | torch.Tensor], min_length: int = 0,
-                  device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row sequences (T_i, d) → zero-padded float32 (n, T, d) and its validity mask (n, T), T the
-    longest length (at least ``min_length``)."""
+                  device: torch.device | str | None = None,
+                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row sequences (T_i, d) → zero-padded (n, T, d) of ``dtype`` (float32 by default) and its
+    validity mask (n, T), T the longest length (at least ``min_length``)."""
     longest = max([min_length] + [len(s) for s in sequences])
-    x = torch.zeros(len(sequences), longest, sequences[0].shape[1])
+    x = torch.zeros(len(sequences), longest, sequences[0].shape[1], dtype=dtype)
     mask = torch.zeros(len(sequences), longest, dtype=torch.bool)
-    for i, s in enumerate(sequences):
-        x[i, :len(s)] = torch.as_tensor(np.asarray(s, dtype=np.float32) if isinstance(s, np.ndarray) else s)
+    for i, s in enumerate(sequences):  # the copy converts to ``dtype`` (float16 → float32 exactly)
+        x[i, :len(s)] = torch.as_tensor(np.asarray(s) if isinstance(s, np.ndarray) else s)
         mask[i, :len(s)] = True
     return x.to(device) if device is not None else x, mask.to(device) if device is not None else mask

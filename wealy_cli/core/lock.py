@@ -16,11 +16,12 @@ different files of the same name) and its contents, the last holder's descriptio
 read to name a live holder. Processes forked by the holder (DataLoader workers) share the lock
 until they exit; processes it starts with ``subprocess`` or ``spawn`` do not inherit it.
 
-Worker processes of one run (Lightning Fabric ranks, torchrun, SLURM) must all write: only the
-process that is global rank 0, or that will launch the others, takes the lock (see
-:func:`is_launcher`); the other ranks start after it holds the lock, or wait for it in their
-process-group setup. Within one process the lock is re-entrant, so a command may take it before
-writing its settings file and the library function it calls takes it again for free.
+Worker processes of one run (wealy's own, torchrun, SLURM) must all write: only global rank 0
+takes the lock. Multi-process commands take it through the launcher (``core.launch``:
+``launch(..., lock=...)`` or ``Workers.lock``), which lets the ranks agree on rank 0's result;
+elsewhere a process a launcher marks as a non-zero rank passes through (see :func:`is_launcher`).
+Within one process the lock is re-entrant, so a command may take it before writing its settings
+file and the library function it calls takes it again for free.
 
 On NFSv4 (and NFSv3 with a lock manager) Linux implements flock with NFS byte-range locks,
 which hold across hosts. File systems that refuse locks (some FUSE or Lustre mounts without

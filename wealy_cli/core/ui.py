@@ -58,6 +58,9 @@ def metrics_table(title: str, results: dict[str, dict[str, Any]]) -> Table:
     ``results`` maps a method name to a metrics dict (``Metrics.to_dict()``)."""
     rows = [(name, f"{m['map']:.4f} ± {m['map_ci']:.4f}", f"{m['mr1']:.2f} ± {m['mr1_ci']:.2f}",
              f"{m['arp']:.2f} ± {m['arp_ci']:.2f}", m.get("n_queries", "-")) for name, m in results.items()]
+    rules = sorted({str(m["ties"]) for m in results.values() if "ties" in m})
+    if rules:  # which tie rule ranked these (metrics.TIES)
+        title = f"{title} [ties: {', '.join(rules)}]"
     return table(title, ("method", "MAP", "MR1", "ARP (%)", "queries"), rows)
 
 

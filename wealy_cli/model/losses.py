@@ -43,18 +43,20 @@ def _mean_over(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return values.sum() / keep.sum().clamp(min=1)
 
 
-def ntxent_loss(z: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+def ntxent(sim: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Multi-positive NT-Xent on a similarity matrix (cosines, or late-interaction scores)."""
     pos, neg = pair_masks(labels, ids)
-    logits = cosine_similarity_matrix(z) / temperature
+    logits = sim.to(torch.promote_types(sim.dtype, torch.float32)) / temperature
     minus_inf = torch.finfo(logits.dtype).min
     log_pos = torch.where(pos, logits, minus_inf).logsumexp(1)
     log_all = torch.where(pos | neg, logits, minus_inf).logsumexp(1)
     return _mean_over(log_all - log_pos, pos.any(1))
 
 
-def triplet_loss(z: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
+def triplet(sim: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
+    """Batch-hard triplet loss on distances 1 − ``sim``."""
     pos, neg = pair_masks(labels, ids)
-    dist = 1 - cosine_similarity_matrix(z)
+    dist = 1 - sim
     hardest_pos = torch.where(pos, dist, -torch.inf).amax(1)
     hardest_neg = torch.where(neg, dist, torch.inf).amin(1)
     keep = pos.any(1) & neg.any(1)
@@ -62,22 +64,37 @@ def triplet_loss(z: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, margi
     return _mean_over(per_anchor, keep)
 
 
-def clews_loss(z: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, gamma: float = 8.0, b: float = 1.0,
-               uniformity_weight: float = 0.5) -> torch.Tensor:
+def clews(sim: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, gamma: float = 8.0, b: float = 1.0,
+          uniformity_weight: float = 0.5) -> torch.Tensor:
+    """CLEWS-style alignment + uniformity on distances 1 − ``sim``."""
     pos, neg = pair_masks(labels, ids)
-    dist = 1 - cosine_similarity_matrix(z)
+    dist = 1 - sim
     align = (dist * pos).sum(1) / pos.sum(1).clamp(min=1)
     uniform = ((b - gamma * dist).exp() * neg).sum(1) / neg.sum(1).clamp(min=1)
     return _mean_over(align, pos.any(1)) + uniformity_weight * _mean_over(uniform.log1p(), neg.any(1))
+
+
+def ntxent_loss(z: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    return ntxent(cosine_similarity_matrix(z), labels, ids, temperature)
+
+
+def triplet_loss(z: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
+    return triplet(cosine_similarity_matrix(z), labels, ids, margin)
+
+
+def clews_loss(z: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, gamma: float = 8.0, b: float = 1.0,
+               uniformity_weight: float = 0.5) -> torch.Tensor:
+    return clews(cosine_similarity_matrix(z), labels, ids, gamma, b, uniformity_weight)
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def make_loss(opts: LossOptions) -> LossFn:
-    """``loss(z, labels, ids) -> scalar`` for the configured type."""
+    """``loss(similarity, labels, ids) -> scalar`` for the configured type; the similarity matrix
+    is the cosines of pooled embeddings or the late-interaction scores of row sets."""
     if opts.loss == "ntxent":
-        return lambda z, labels, ids: ntxent_loss(z, labels, ids, opts.temperature)
+        return lambda sim, labels, ids: ntxent(sim, labels, ids, opts.temperature)
     if opts.loss == "triplet":
-        return lambda z, labels, ids: triplet_loss(z, labels, ids, opts.margin)
-    return lambda z, labels, ids: clews_loss(z, labels, ids, opts.clews_gamma, opts.clews_bias, opts.clews_weight)
+        return lambda sim, labels, ids: triplet(sim, labels, ids, opts.margin)
+    return lambda sim, labels, ids: clews(sim, labels, ids, opts.clews_gamma, opts.clews_bias, opts.clews_weight)

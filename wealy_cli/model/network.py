@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, ValidationError, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
@@ -51,7 +52,20 @@ class ModelConfig(ArchitectureOptions):
 
     @classmethod
     def from_options(cls, options: ArchitectureOptions, input_channels: int) -> ModelConfig:
-        return cls(input_channels=input_channels, **options.model_dump(include=set(ArchitectureOptions.model_fields)))
+        values = options.model_dump(include=set(ArchitectureOptions.model_fields))
+        if values["arch"] == "late":  # a row projection cannot widen the rows
+            values["zdim"] = min(values["zdim"], input_channels)
+        return cls(input_channels=input_channels, **values)
+
+    @property
+    def per_row(self) -> bool:
+        """True when the model embeds every row (late interaction), not one vector per chunk."""
+        return self.arch == "late"
+
+    @property
+    def text_rows(self) -> bool:
+        """Whether the model reads only the rows of sung tokens."""
+        return self.rows == "text" or (self.rows == "auto" and self.arch == "late")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
@@ -154,13 +168,52 @@ class AvgMLP(nn.Module):
         return self.avg_mlp(masked_mean(x, mask))
 
 
+class LateInteraction(nn.Module):
+    """Late interaction: every row is centred (by the training rows' mean), projected and
+    L2-normalised; songs are then compared row by row (``ranking/late.py``).
+
+    ``forward(x (B, T, d_in), mask) -> (B, T, zdim)`` with padded rows set to zero. Before
+    training, ``initialise`` sets the centre and starts the projection at the identity (zdim =
+    d_in) or at the principal axes of the centred rows: the untrained model is then the
+    training-free late interaction over centred rows (or their PCA), and training improves on it."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("centre", torch.zeros(cfg.input_channels))
+        self.proj = nn.Linear(cfg.input_channels, cfg.zdim)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    @torch.no_grad()
+    def initialise(self, rows: torch.Tensor) -> None:
+        """Centre and starting projection from a sample of training rows (N, d_in)."""
+        rows = rows.double()
+        centre = rows.mean(0)
+        self.centre.copy_(centre.float())
+        centred = rows - centre
+        if self.cfg.zdim == self.cfg.input_channels:
+            weight = torch.eye(self.cfg.zdim, dtype=torch.float64)
+        else:
+            _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+            weight = vh[: self.cfg.zdim]
+        self.proj.weight.copy_(weight.float())
+        self.proj.bias.zero_()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = _full_mask(x) if mask is None else mask.to(torch.bool)
+        y = self.proj(self.dropout(x - self.centre.to(x.dtype)))
+        y = F.normalize(y.float(), dim=-1)
+        return torch.where(mask[..., None], y, 0.0)
+
+
 def _full_mask(x: torch.Tensor) -> torch.Tensor:
     return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """A freshly initialised model; ``forward(x (B, T, d_in), mask (B, T) bool) -> (B, zdim)``."""
-    return WealyTransformer(cfg) if cfg.arch == "transformer" else AvgMLP(cfg)
+    """A freshly initialised model; ``forward(x (B, T, d_in), mask (B, T) bool)`` gives (B, zdim),
+    or (B, T, zdim) rows for ``late``."""
+    return {"transformer": WealyTransformer, "avgmlp": AvgMLP, "late": LateInteraction}[cfg.arch](cfg)
 
 
 def count_parameters(model: nn.Module) -> int:

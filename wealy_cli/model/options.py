@@ -10,18 +10,20 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from wealy_cli.core.launch import DeviceOptions
+from wealy_cli.core.launch import DeviceOptions, NodeOptions
 from wealy_cli.core.settings import CreatableDir, DataSettings, ExistingDir, Options, SplitName, option
-from wealy_cli.ranking.options import PAPER_CHUNK
+from wealy_cli.ranking.options import PAPER_CHUNK, TieOptions
 
 
 class ArchitectureOptions(Options):
     """Sizes of the WEALY network (input_channels comes from the feature store)."""
 
-    arch: Literal["transformer", "avgmlp"] = option(
-        "transformer", "transformer (the paper's) or avgmlp (mean of the rows, then an MLP).")
+    arch: Literal["transformer", "avgmlp", "late"] = option(
+        "transformer", "transformer (the paper's: one pooled vector per chunk), avgmlp (mean of the rows, then an "
+        "MLP), or late (late interaction: every sung token's row is projected and songs are compared row by row; "
+        "see configs/late.yaml).")
     hidden_dim: int = option(768, "Model width.", ge=1)
-    zdim: int = option(512, "Embedding size.", ge=1)
+    zdim: int = option(512, "Embedding size (late: per row, at most the input width).", ge=1)
     num_transformer_blocks: int = option(4, "Transformer blocks.", ge=0, flag="--layers")
     num_heads: int = option(12, "Attention heads (they must divide --hidden-dim).", ge=1, flag="--heads")
     ff_dim: int = option(1024, "Feed-forward width.", ge=1)
@@ -29,6 +31,12 @@ class ArchitectureOptions(Options):
     pool_type: Literal["gem", "mean"] = option("gem", "Pooling over time: gem (learned generalised mean) or mean.",
                                                flag="--pool")
     positional_encoding: bool = option(False, "Add sinusoidal positions to the rows.", flag="--positions")
+    rows: Literal["auto", "all", "text"] = option(
+        "auto", "Feature rows a song is made of: all, or text (the rows of sung tokens: prompt, special and "
+        "timestamp rows dropped); auto = text for --arch late, all otherwise.", flag="--rows")
+    late_fraction: float = option(
+        0.5, "--arch late: a song's score averages the best matches of this fraction of its rows (1 = all).",
+        gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ArchitectureOptions:
@@ -48,7 +56,7 @@ class LossOptions(Options):
     clews_weight: float = option(0.5, "CLEWS loss: weight of the uniformity term.", ge=0.0)
 
 
-class TrainOptions(ArchitectureOptions, LossOptions):
+class TrainOptions(ArchitectureOptions, LossOptions, TieOptions):
     """The training recipe (DESIGN §5)."""
 
     per_clique: int = option(2, "Versions of a clique per item (the anchor and its positives).", ge=2)
@@ -71,7 +79,7 @@ class TrainOptions(ArchitectureOptions, LossOptions):
     seed: int = option(42, "Random seed (order, crops, initialisation).")
 
 
-class TrainRun(DataSettings, TrainOptions, DeviceOptions):
+class TrainRun(DataSettings, TrainOptions, DeviceOptions, NodeOptions):
     """``wealy train``: the recipe, where the data is and where the run goes."""
 
     store: ExistingDir = option(help="Feature store made by 'wealy extract'.")

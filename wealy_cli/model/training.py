@@ -49,9 +49,8 @@ from wealy_cli.core import ui
 from wealy_cli.core.datasets import DatasetSplit, load_split
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.files import replace_atomically
-from wealy_cli.core.launch import Devices, resolve_devices
+from wealy_cli.core.launch import Workers, launch, resolve_devices
 from wealy_cli.core.layers import pad_sequences
-from wealy_cli.core.lock import run_lock
 from wealy_cli.core.store import Store
 from wealy_cli.model.losses import make_loss
 from wealy_cli.model.network import ModelConfig, build_model, count_parameters, save_weights
@@ -136,11 +135,20 @@ class FirstChunkDataset(Dataset):
 
 
 def collate(batch: list[tuple[list[np.ndarray], list[int], list[int]]]) -> dict[str, torch.Tensor]:
-    """Pad to the longest sequence (at least one row): x (N, T, d) float32, mask (N, T)."""
-    x, mask = pad_sequences([s for rows, _, _ in batch for s in rows], min_length=1)
+    """Pad to the longest sequence (at least one row): x (N, T, d) in the store's float16, mask (N, T).
+
+    float16 until the device (:func:`model_input`): the stored values exactly, half the bytes
+    through the loader processes and to the GPU, and 3-6x less collate time than float32 (a
+    paper-size batch, 128 x 1500 x 1280, is 470 MB instead of 940 MB)."""
+    x, mask = pad_sequences([s for rows, _, _ in batch for s in rows], min_length=1, dtype=torch.float16)
     labels = torch.tensor([label for _, ls, _ in batch for label in ls])
     ids = torch.tensor([i for _, _, ids in batch for i in ids])
     return {"x": x, "mask": mask, "labels": labels, "ids": ids}
+
+
+def model_input(fabric: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x float32, mask) of a collated batch on the device: stored float16 values, exactly."""
+    return fabric.to_device(batch["x"]).float(), fabric.to_device(batch["mask"])
 
 
 def rank_batches(items: list[Item], batch_size: int, world: int, rank: int, limit: int = 0) -> list[Item]:
@@ -185,12 +193,12 @@ def embed_validation(fabric: Any, model: torch.nn.Module, store: Store, keys: li
     world, rank = fabric.world_size, fabric.global_rank
     mine = list(range(rank, len(keys), world))
     loader = DataLoader(FirstChunkDataset(store, [keys[i] for i in mine], chunk), batch_size=batch,
-                        collate_fn=collate, num_workers=workers)
+                        collate_fn=collate, num_workers=workers, pin_memory=fabric.device.type == "cuda")
     model.eval()
     out = []
     for b in loader:
         with fabric.autocast():
-            z = model(fabric.to_device(b["x"]), fabric.to_device(b["mask"]))
+            z = model(*model_input(fabric, b))
         out.append(torch.nn.functional.normalize(z.float(), dim=-1))
     zdim = _plain(model).cfg.zdim
     local = torch.cat(out) if out else torch.zeros(0, zdim, device=fabric.device)
@@ -211,9 +219,9 @@ def _plain(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def validate(embeddings: np.ndarray, split: DatasetSplit) -> Metrics:
+def validate(embeddings: np.ndarray, split: DatasetSplit, ties: str = "expected") -> Metrics:
     distances = 1.0 - embeddings @ embeddings.T
-    return retrieval_metrics(distances, split.cliques, split.cliques, split.keys, split.keys)
+    return retrieval_metrics(distances, split.cliques, split.cliques, split.keys, split.keys, ties=ties)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -273,55 +281,54 @@ def _precision(opts: TrainOptions, accelerator: str) -> str:
     return {"32": "32-true"}.get(opts.precision, opts.precision)
 
 
-def make_fabric(opts: TrainOptions, devices: Devices) -> Any:
-    from lightning.fabric import Fabric
-
-    strategy = "ddp" if devices.processes > 1 else "auto"
-    return Fabric(accelerator=devices.accelerator, devices=devices.processes, strategy=strategy,
-                  precision=_precision(opts, devices.accelerator))
-
-
-def check_splits(train: DatasetSplit, val: DatasetSplit, opts: TrainOptions, devices: Devices) -> None:
-    need = opts.batch_size * devices.processes
+def check_splits(train: DatasetSplit, val: DatasetSplit, opts: TrainOptions, processes: int) -> None:
+    need = opts.batch_size * processes
     if len(train) < need:
         raise UserError(f"train split has {len(train)} versions in the store, fewer than one global batch "
-                        f"(--batch-size {opts.batch_size} × {devices.processes} process(es)); lower --batch-size")
+                        f"(--batch-size {opts.batch_size} × {processes} process(es)); lower --batch-size")
     if len(val) < 2:
         raise UserError("val split has fewer than 2 versions in the store (need cliques with ≥ 2 versions)")
 
 
 def run_training(run: TrainRun, on_start: Callable[[str], None] | None = None) -> TrainResult | None:
-    """Load the store and both splits, then train; ``on_start(summary)`` is called once, by the
-    launching process, under the run directory's lock, before training starts. Returns the
-    result on rank 0, else None."""
+    """Load the store and both splits, then train; ``on_start(summary)`` is called once, by rank
+    0, under the run directory's lock, before training starts. Returns the result on rank 0,
+    else None."""
     resolve_devices(run)  # a device problem is reported before any data is read
     store = Store(run.store)
     train_split = load_split(run.dataset, run.split, run.metadata, check_audio=False).restrict(store.keys())
     val_split = load_split(run.dataset, run.val_split, run.metadata, check_audio=False).restrict(store.keys())
-    with run_lock(run.run_dir(), "training run"):  # re-entrant: train() takes it again
-        if on_start is not None and all(os.environ.get(v, "0") == "0" for v in ("LOCAL_RANK", "NODE_RANK")):
-            params = count_parameters(build_model(ModelConfig.from_options(run, store.dim)))
-            on_start(f"train: {len(train_split)} versions / {train_split.n_cliques()} cliques; val: "
-                     f"{len(val_split)} / {val_split.n_cliques()}; model {params / 1e6:.2f} M parameters → "
-                     f"{run.run_dir()}")
-        result = train(run, store, train_split, val_split)
+
+    def started() -> None:
+        params = count_parameters(build_model(ModelConfig.from_options(run, store.dim)))
+        on_start(f"train: {len(train_split)} versions / {train_split.n_cliques()} cliques; val: "
+                 f"{len(val_split)} / {val_split.n_cliques()}; model {params / 1e6:.2f} M parameters → "
+                 f"{run.run_dir()}")
+
+    result = train(run, store, train_split, val_split, on_start=started if on_start is not None else None)
     return result if result.rank == 0 else None
 
 
-def train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: DatasetSplit) -> TrainResult:
-    """Run (or resume) training; returns what happened. Works on 1 or N devices.
+def train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: DatasetSplit,
+          on_start: Callable[[], None] | None = None) -> TrainResult:
+    """Run (or resume) training; returns what happened. Works on 1 or N devices on 1 or M nodes.
 
-    The run directory is locked for the whole run (by the launching process, before the other
-    ranks start): a second run on it is refused instead of interleaving metrics.csv or replacing
-    checkpoints; a killed run leaves no lock behind, so ``--resume`` works at once."""
+    The run directory is locked for the whole run (by rank 0, every rank learning whether it
+    could): a second run on it is refused instead of interleaving metrics.csv or replacing
+    checkpoints; a killed run leaves no lock behind, so ``--resume`` works at once. ``on_start``
+    is called by rank 0 under the lock, before anything is written."""
     devices = resolve_devices(opts)
-    check_splits(train_split, val_split, opts, devices)
-    with run_lock(opts.run_dir(), "training run"):
-        return _train(opts, store, train_split, val_split, devices)
+    check_splits(train_split, val_split, opts, devices.processes * opts.nodes)
+    with launch(devices, opts.nodes, peer_timeout=opts.peer_timeout, precision=_precision(opts, devices.accelerator),
+                fabric=True, lock=(opts.run_dir(), "training run")) as workers:
+        workers.check_same([*train_split.keys, "", *val_split.keys], "the training and validation versions")
+        if on_start is not None and workers.is_main:
+            on_start()
+        return _train(opts, store, train_split, val_split, workers)
 
 
 def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: DatasetSplit,
-           devices: Devices) -> TrainResult:
+           workers: Workers) -> TrainResult:
     model_config = ModelConfig.from_options(opts, store.dim)
     out = opts.run_dir()
     state_path = out / STATE
@@ -332,8 +339,7 @@ def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: D
         raise UserError(f"{state_path}: saved model config differs from the current options; "
                         f"resume with the same model settings")
 
-    fabric = make_fabric(opts, devices)
-    fabric.launch()
+    fabric = workers.fabric
     fabric.seed_everything(opts.seed, verbose=False)
     model = build_model(model_config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
@@ -360,7 +366,7 @@ def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: D
     def validation() -> Metrics:
         embeddings = embed_validation(fabric, model, store, val_split.keys, opts.chunk, val_batch,
                                       opts.loader_workers)
-        return validate(embeddings, val_split)
+        return validate(embeddings, val_split, opts.ties)
 
     def over_time() -> bool:
         if opts.time_limit <= 0:
@@ -382,7 +388,7 @@ def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: D
             })
             write_metrics_csv(out / METRICS, history)
             tensorboard.log(row)
-        fabric.barrier()
+        workers.barrier()
 
     if state is None:  # epoch 0: how the untrained model does
         if is_main:
@@ -407,7 +413,7 @@ def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: D
         items = rank_batches(plan_epoch(train_split, opts.per_clique, opts.seed, epoch), opts.batch_size, world,
                              rank, opts.limit_batches)
         loader = DataLoader(CropDataset(store, items, opts.chunk), batch_size=opts.batch_size, collate_fn=collate,
-                            num_workers=opts.loader_workers, shuffle=False)
+                            num_workers=opts.loader_workers, shuffle=False, pin_memory=fabric.device.type == "cuda")
         model.train()
         losses, samples, t0 = [], 0, time.monotonic()
         interrupted = False
@@ -415,24 +421,26 @@ def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: D
             task = progress.add_task(f"epoch {epoch + 1}/{opts.max_epochs}", total=len(loader), status="") \
                 if progress is not None else None
             for batch in loader:
-                batch = fabric.to_device(batch)
+                x, mask = model_input(fabric, batch)
+                labels, ids = fabric.to_device(batch["labels"]), fabric.to_device(batch["ids"])
                 with fabric.autocast():
-                    z = model(batch["x"], batch["mask"])
+                    z = model(x, mask)
                 if opts.gather:
-                    z, labels, ids = gather_batch(fabric, z, batch["labels"], batch["ids"])
+                    z, labels, ids = gather_batch(fabric, z, labels, ids)
                     loss = loss_fn(z, labels, ids)
                     fabric.backward(loss * world)
                 else:
-                    loss = loss_fn(z, batch["labels"], batch["ids"])
+                    loss = loss_fn(z, labels, ids)
                     fabric.backward(loss)
                 if opts.grad_clip > 0:
                     fabric.clip_gradients(model, optimizer, max_norm=opts.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                workers.check()
                 mean_loss = fabric.all_reduce(loss.detach(), reduce_op="mean") if not opts.gather else loss.detach()
                 losses.append(float(mean_loss))
-                samples += len(batch["x"]) * world
+                samples += len(x) * world
                 if task is not None:
                     rate = samples / max(time.monotonic() - t0, 1e-9)
                     progress.update(task, advance=1, status=f"loss {losses[-1]:.4f} lr {lr:.2e} {rate:.1f} samples/s")

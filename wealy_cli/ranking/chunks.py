@@ -8,7 +8,7 @@ search all cut and embed songs through this module, so they score songs the same
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -53,9 +53,11 @@ def embedding_groups(features: Store, keys: Sequence[str], opts: EmbedOptions) -
 
 @torch.no_grad()
 def embed_chunks(model: torch.nn.Module, features: Store, groups: Sequence[Sequence[str]], cache: StoreWriter,
-                 opts: EmbedOptions, label: str = "embedding chunks") -> list[str]:
+                 opts: EmbedOptions, label: str = "embedding chunks",
+                 check: Callable[[], None] | None = None) -> list[str]:
     """Embed every chunk of the keys (in ``embedding_groups``) not yet in ``cache``; returns the
-    keys that had no feature rows (recorded as failures in the cache)."""
+    keys that had no feature rows (recorded as failures in the cache). ``check`` is called after
+    every group (it raises to stop the run)."""
     model.eval()
     empty: list[str] = []
     total = sum(len(g) for g in groups)
@@ -78,6 +80,8 @@ def embed_chunks(model: torch.nn.Module, features: Store, groups: Sequence[Seque
             if pending:
                 _flush(model, pending, chunks, cache, opts)
             bar.advance(task, len(group))
+            if check is not None:
+                check()
     return empty
 
 

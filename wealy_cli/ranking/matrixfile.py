@@ -5,7 +5,9 @@ Three formats, chosen by the file suffix when writing and by the file's first by
 - ``.npz`` (default, numpy): arrays ``distances`` (float32, n_q × n_c), ``query_keys``,
   ``candidate_keys``, ``query_cliques``, ``candidate_cliques`` (unicode) and ``metadata``
   (a JSON string). Read with ``allow_pickle=False``.
-- ``.h5`` / ``.hdf5``: the same datasets (strings UTF-8), metadata as a JSON attribute.
+- ``.h5`` / ``.hdf5``: the same datasets (strings UTF-8), metadata as a JSON attribute. Written
+  row block by row block (:class:`MatrixWriter`) and read the same way (:func:`open_rows`), so
+  a matrix larger than memory (116,197² float32 is 54 GB) never has to be held.
 - ``.pkl`` / ``.pickle``: the original research code's layout, a dict with ``distance_matrix``,
   ``query_references`` [{clique, version, matrix_row}], ``candidate_references``
   [{clique, version, matrix_col}] and ``metadata``. Read through ``safepickle.safe_load``, never
@@ -31,6 +33,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -43,6 +46,7 @@ import numpy as np
 
 from wealy_cli.core.datasets import make_key
 from wealy_cli.core.errors import UserError
+from wealy_cli.core.files import fsync_dir
 from wealy_cli.core.safepickle import memory_limit, safe_load
 
 MatrixFormat = Literal["npz", "hdf5", "pickle"]
@@ -179,13 +183,253 @@ def _write_npz(path: Path, m: DistanceMatrix) -> None:
 
 
 def _write_hdf5(path: Path, m: DistanceMatrix) -> None:
-    text = h5py.string_dtype("utf-8")
     with h5py.File(path, "w") as fh:
-        fh.create_dataset("distances", data=m.distances)
-        for name in ("query_keys", "candidate_keys", "query_cliques", "candidate_cliques"):
-            fh.create_dataset(name, data=np.array(getattr(m, name), dtype=object), dtype=text)
-        fh.attrs["metadata"] = _metadata_json(m)
-        fh.attrs["format"] = "wealy-distance-matrix"
+        _hdf5_layout(fh, m.query_keys, m.candidate_keys, m.query_cliques, m.candidate_cliques,
+                     _metadata_json(m), data=m.distances)
+
+
+def _hdf5_layout(fh: h5py.File, query_keys: Sequence[str], candidate_keys: Sequence[str],
+                 query_cliques: Sequence[str], candidate_cliques: Sequence[str], metadata_json: str,
+                 data: np.ndarray | None = None) -> h5py.Dataset:
+    """Keys, cliques, metadata and the ``distances`` dataset (contiguous float32: whole rows are
+    contiguous on disk, so a row block is one read or write)."""
+    text = h5py.string_dtype("utf-8")
+    for name, values in (("query_keys", query_keys), ("candidate_keys", candidate_keys),
+                         ("query_cliques", query_cliques), ("candidate_cliques", candidate_cliques)):
+        fh.create_dataset(name, data=np.array(list(values), dtype=object), dtype=text)
+    fh.attrs["metadata"] = metadata_json
+    fh.attrs["format"] = "wealy-distance-matrix"
+    if data is not None:
+        return fh.create_dataset("distances", data=data)
+    return fh.create_dataset("distances", shape=(len(query_keys), len(candidate_keys)), dtype=np.float32)
+
+
+# ---------------------------------------------------------------- streaming (HDF5 row blocks)
+
+
+def hdf5_bytes(n_queries: int, n_candidates: int, key_chars: int = 64) -> int:
+    """Disk space an .h5 distance matrix needs: the float32 matrix, keys and cliques, a margin."""
+    return 4 * n_queries * n_candidates + 2 * key_chars * (n_queries + n_candidates) + 2**20
+
+
+def check_disk_space(path: Path, needed: int) -> None:
+    """UserError naming ``path`` when its folder has less than ``needed`` bytes free (checked
+    before the work starts, so nothing is spent on a file that cannot be written)."""
+    folder = Path(path).resolve().parent
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise MatrixFileError(f"{path}: the distance matrix needs {needed / 2**30:.2f} GiB of disk, "
+                              f"{folder} has {free / 2**30:.2f} GiB free")
+
+
+class MatrixWriter:
+    """Writes an .h5 distance matrix row block by row block.
+
+    The file is built under a hidden temporary name in the target folder and renamed into place
+    only when every row has been written (``close``, or leaving the ``with`` block without an
+    error); on an error the temporary file is removed and an existing file at ``path`` is left
+    as it was. Disk space is checked when the writer opens."""
+
+    def __init__(self, path: Path, query_keys: Sequence[str], candidate_keys: Sequence[str],
+                 query_cliques: Sequence[str], candidate_cliques: Sequence[str],
+                 metadata: dict[str, Any] | None = None) -> None:
+        self.path = Path(path)
+        header = DistanceMatrix(np.zeros((0, 0), np.float32), [], [], [], [], dict(metadata or {}))
+        self.shape = (len(query_keys), len(candidate_keys))
+        check_disk_space(self.path, hdf5_bytes(*self.shape))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self._file = h5py.File(self.tmp, "w")
+        try:
+            self._rows = _hdf5_layout(self._file, [str(k) for k in query_keys], [str(k) for k in candidate_keys],
+                                      [str(c) for c in query_cliques], [str(c) for c in candidate_cliques],
+                                      _metadata_json(header))
+        except BaseException:
+            self.abort()
+            raise
+        self.written = np.zeros(self.shape[0], dtype=bool)
+
+    def write(self, start: int, block: np.ndarray) -> None:
+        """Rows ``start .. start + len(block)``."""
+        self.write_rows(np.arange(start, start + len(block)), block)
+
+    def write_rows(self, rows: np.ndarray | Sequence[int], block: np.ndarray) -> None:
+        """Rows at the positions ``rows`` (any order); consecutive positions are written together."""
+        rows = np.asarray(rows, dtype=np.int64)
+        block = np.asarray(block, dtype=np.float32)
+        if block.shape != (len(rows), self.shape[1]):
+            raise ValueError(f"row block has shape {block.shape}, expected ({len(rows)}, {self.shape[1]})")
+        order = np.argsort(rows, kind="stable")
+        rows, block = rows[order], block[order]
+        for a, b in _runs(rows):
+            self._rows[rows[a]:rows[a] + (b - a)] = block[a:b]
+        self.written[rows] = True
+
+    def close(self) -> Path:
+        """Finish: every row must have been written; then fsync and rename into place."""
+        missing = int((~self.written).sum())
+        if missing:
+            self.abort()
+            raise MatrixFileError(f"{self.path}: {missing} of {self.shape[0]} rows were never written; "
+                                  "nothing was saved")
+        self._file.flush()
+        self._file.close()
+        with open(self.tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.tmp, self.path)
+        fsync_dir(self.path.parent)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the temporary file."""
+        try:
+            self._file.close()
+        except Exception:  # already closed, or never fully opened
+            pass
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> MatrixWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _runs(sorted_rows: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) positions in ``sorted_rows`` of runs of consecutive values."""
+    if len(sorted_rows) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
+    edges = [0, *breaks.tolist(), len(sorted_rows)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+class MatrixRows:
+    """A distance-matrix file's keys, cliques and metadata, and its rows on demand.
+
+    .h5 files are read row block by row block (never whole); .npz and pickle files cannot be
+    read in parts and are loaded once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._file: h5py.File | None = None
+        self._matrix: DistanceMatrix | None = None
+        if _is_hdf5(self.path):
+            self._open_hdf5()
+        else:
+            self._matrix = read_matrix(self.path)
+            m = self._matrix
+            self.query_keys, self.candidate_keys = m.query_keys, m.candidate_keys
+            self.query_cliques, self.candidate_cliques = m.query_cliques, m.candidate_cliques
+            self.metadata = m.metadata
+        self.shape = (len(self.query_keys), len(self.candidate_keys))
+
+    def _open_hdf5(self) -> None:
+        """Keys, cliques and metadata now, checked as ``read_matrix`` checks them; the distances
+        stay on disk (each row block is checked as it is read)."""
+        path = self.path
+        try:
+            self._file = h5py.File(path, "r")
+            fh = self._file
+            datasets = {name: _dataset(fh, name, path) for name in _REQUIRED}
+            self._rows = datasets["distances"]
+            if self._rows.dtype.kind not in "iuf":
+                raise MatrixFileError(f"{path}: 'distances' must hold real numbers (integers or floats), not "
+                                      f"{_dtype_words(self._rows.dtype)}")
+            if self._rows.ndim != 2:
+                raise MatrixFileError(f"{path}: 'distances' must be 2-D, got shape {self._rows.shape}")
+            budget = memory_limit(path.stat().st_size)
+            keys = {}
+            for name in _LABELS:
+                values, used = _hdf5_labels(datasets[name], name, path, budget)
+                budget -= used
+                keys[name] = _labels(values, name, str(path))
+            metadata = _parse_metadata(_hdf5_metadata(fh, path) if "metadata" in fh.attrs else None, str(path))
+            problem = _row_file_problem(self._rows.shape, keys)
+            if problem:
+                raise MatrixFileError(f"{path}: {problem}")
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
+            self.close()
+            raise MatrixFileError(f"{path}: unreadable HDF5 file ({type(err).__name__}: {err})") from err
+        except BaseException:
+            self.close()
+            raise
+        self.query_keys, self.candidate_keys = keys["query_keys"], keys["candidate_keys"]
+        self.query_cliques, self.candidate_cliques = keys["query_cliques"], keys["candidate_cliques"]
+        self.metadata = metadata
+
+    @property
+    def in_memory(self) -> bool:
+        return self._matrix is not None
+
+    def rows(self, index: np.ndarray | Sequence[int]) -> np.ndarray:
+        """float32 rows ``index`` (any order), shape (len(index), n_candidates)."""
+        index = np.asarray(index, dtype=np.int64)
+        if self._matrix is not None:
+            return self._matrix.distances[index]
+        order = np.argsort(index, kind="stable")
+        wanted = index[order]
+        out = np.empty((len(index), self.shape[1]), dtype=np.float32)
+        for a, b in _runs(wanted):
+            with np.errstate(over="ignore"):  # beyond float32: becomes inf, refused below
+                out[order[a:b]] = self._rows[wanted[a]:wanted[a] + (b - a)]
+        if not np.isfinite(out).all():
+            self._refuse_nonfinite(out, index)
+        return out
+
+    def _refuse_nonfinite(self, block: np.ndarray, index: np.ndarray) -> None:
+        """The per-block form of ``check_distances``: +inf is allowed, NaN and −inf are not (a
+        finite value beyond float32 is not told apart from +inf here)."""
+        for mask, what in ((np.isnan(block), "NaN"), (block == -np.inf, "-inf")):
+            if mask.any():
+                i, j = np.unravel_index(int(mask.argmax()), mask.shape)
+                raise MatrixFileError(f"{self.path}: 'distances' holds {what} (row {int(index[i])}, column {j}); "
+                                      "a distance must be a number, +inf meaning 'never a match'")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> MatrixRows:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _row_file_problem(shape: tuple[int, ...], keys: dict[str, list[str]]) -> str | None:
+    """What is inconsistent between an .h5 file's matrix shape and its keys and cliques."""
+    want = (len(keys["query_keys"]), len(keys["candidate_keys"]))
+    if len(shape) != 2 or tuple(shape) != want:
+        return f"distances have shape {tuple(shape)}, the keys say {want[0]}×{want[1]}"
+    if len(keys["query_cliques"]) != want[0] or len(keys["candidate_cliques"]) != want[1]:
+        return "the cliques do not match the keys in number"
+    for side in ("query", "candidate"):
+        seen: set[str] = set()
+        for key in keys[f"{side}_keys"]:
+            if key in seen:
+                return f"{side} key {key!r} appears more than once"
+            seen.add(key)
+    return None
+
+
+def open_rows(path: Path) -> MatrixRows:
+    """Open a distance-matrix file for reading by rows (see :class:`MatrixRows`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MatrixFileError(f"{path}: distance-matrix file not found")
+    return MatrixRows(path)
+
+
+def _is_hdf5(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(8).startswith(_HDF5_MAGIC)
 
 
 def to_original_layout(m: DistanceMatrix) -> dict[str, Any]:

@@ -31,6 +31,15 @@ class EmbedOptions(ChunkOptions):
     batch_size: int = option(32, "Chunks per model call.", ge=1)
 
 
+class TieOptions(Options):
+    """How candidates at exactly the same distance are ranked by the metrics."""
+
+    ties: Literal["expected", "pessimistic"] = option(
+        "expected", "Tied distances: expected (the average over every order of the tied candidates: "
+        "order-free, a constant matrix scores chance) or pessimistic (relevant after non-relevant: a lower "
+        "bound).")
+
+
 def parse_alphas(value: Any) -> list[float]:
     """``start:stop:step`` (stop included within float tolerance), a comma list ``0,0.5,1`` or a
     list of numbers (a YAML list) → the distinct weights in order."""
@@ -61,7 +70,7 @@ def parse_alphas(value: Any) -> list[float]:
 Alphas = Annotated[list[float], BeforeValidator(parse_alphas)]
 
 
-class FuseOptions(Options):
+class FuseOptions(TieOptions):
     """Late fusion m1 + α·m2 (+ one weight per further input) over a grid of weights."""
 
     alphas: Alphas = option("0:2:0.1", "Weights of each extra input: start:stop:step (stop included) or a "

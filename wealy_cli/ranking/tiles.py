@@ -7,15 +7,20 @@ All-against-all evaluation never holds a chunk × chunk (or song × song) matrix
 sorted by chunk count and clique size and cut into tiles; each pair of tiles (I ≤ J) gives
 one small distance block that is used twice (rows of I, and transposed, rows of J) — the
 matrix is symmetric, so only half of the products are computed. For each tile row the block
-adds, per relevant threshold, how many non-relevant candidates are at or below it
-(``metrics.count_at_or_below``); the counts are integers, so any split of the tile pairs (over
-workers, in any order) sums to exactly the same result.
+adds, per relevant threshold, how many non-relevant candidates are strictly below it and how
+many tie with it (``metrics.count_below_and_tied``); the counts are integers, so any split of
+the tile pairs (over workers, in any order) sums to exactly the same result, with either tie rule.
+
+On a GPU (``device="cuda"``) the tiles, the products and the counts stay on the device; products
+are plain float32 (no TF32), so distances match the CPU's to rounding and the counts are the
+CPU's except for candidates within rounding of a relevant distance.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +32,13 @@ import torch.nn.functional as F
 from wealy_cli.core import ui
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.store import Store
-from wealy_cli.ranking.metrics import Metrics, count_at_or_below, pad_thresholds, per_query_metrics
+from wealy_cli.ranking.metrics import (
+    Metrics,
+    check_ties,
+    count_below_and_tied,
+    pad_thresholds,
+    per_query_metrics,
+)
 
 TILE_ROWS = 2048  # chunk rows per tile: the block of one tile pair is at most 2048² values
 
@@ -44,6 +55,13 @@ class Tile:
     valid: torch.Tensor  # (a, C) bool
     n_chunks: torch.Tensor  # (a,)
     clique_ids: torch.Tensor  # (a,)
+
+    def to(self, device: str | torch.device | None) -> Tile:
+        """This tile with its tensors on ``device`` (itself when they are there already)."""
+        if device is None or torch.device(device) == self.chunks.device:
+            return self
+        return Tile(self.index, self.chunks.to(device), self.valid.to(device), self.n_chunks.to(device),
+                    self.clique_ids.to(device))
 
 
 class SongSet:
@@ -76,6 +94,10 @@ class SongSet:
             index = self.order[start:stop]
             yield make_tile([embeddings[s] for s in index], index, self.clique_ids[index])
             start = stop
+
+    def on(self, device: str | torch.device | None) -> list[Tile]:
+        """The tiles with their tensors on ``device`` (None: where they are, the CPU)."""
+        return [tile.to(device) for tile in self.tiles]
 
     def tile_pairs(self) -> list[tuple[int, int]]:
         return [(i, j) for i in range(len(self.tiles)) for j in range(i, len(self.tiles))]
@@ -147,47 +169,117 @@ def song_distances_to(query: np.ndarray, candidates: Sequence[np.ndarray], topk:
     return out
 
 
-def dense_distances(songs: SongSet, topk: int, label: str = "distances") -> np.ndarray:
-    """The full (n, n) float32 song distance matrix in the original song order."""
-    out = np.zeros((songs.n, songs.n), dtype=np.float32)
-    pairs = songs.tile_pairs()
-    with ui.progress() as bar:
+@contextlib.contextmanager
+def exact_float32() -> Iterator[None]:
+    """float32 products computed as float32 (no TF32 on GPUs, no bfloat16 passes on CPUs) while
+    distances are ranked: a GPU run must rank as the CPU does."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+Block = tuple[int, int, np.ndarray]  # tile i, tile j (i ≤ j), their (len(i), len(j)) distances
+
+
+def dense_distances(songs: SongSet, topk: int, label: str = "distances",
+                    device: str | torch.device | None = None) -> np.ndarray:
+    """The full (n, n) float32 song distance matrix in the original song order, computed on
+    ``device`` (default: the CPU)."""
+    return assemble_distances(songs, distance_blocks(songs, topk, label=label, device=device))
+
+
+def distance_blocks(songs: SongSet, topk: int, rank: int = 0, world: int = 1, label: str = "distances",
+                    device: str | torch.device | None = None,
+                    check: Callable[[], None] | None = None) -> Iterator[Block]:
+    """The distance blocks of tile pairs rank::world (every pair once, I ≤ J), one at a time,
+    computed on ``device``; ``check`` is called after every pair (it raises to stop the run)."""
+    pairs = songs.tile_pairs()[rank::world]
+    tiles = songs.on(device)
+    with ui.progress() as bar, exact_float32():
         task = bar.add_task(label, total=len(pairs), status="")
         for i, j in pairs:
-            a, b = songs.tiles[i], songs.tiles[j]
-            block = song_distances(a, b, topk).numpy()
-            out[np.ix_(a.index, b.index)] = block
-            if i != j:
-                out[np.ix_(b.index, a.index)] = block.T
+            yield i, j, song_distances(tiles[i], tiles[j], topk).cpu().numpy()
             bar.advance(task)
+            if check is not None:
+                check()
+
+
+def assemble_distances(songs: SongSet, blocks: Iterable[Block]) -> np.ndarray:
+    """The (n, n) matrix in the original song order from the blocks of every tile pair."""
+    out = np.zeros((songs.n, songs.n), dtype=np.float32)
+    for i, j, block in blocks:
+        a, b = songs.tiles[i], songs.tiles[j]
+        out[np.ix_(a.index, b.index)] = block
+        if i != j:
+            out[np.ix_(b.index, a.index)] = block.T
     return out
+
+
+ROW_BLOCK_BYTES = 2**28  # one block of whole distance rows (256 MB of float32)
+
+
+def row_blocks(songs: SongSet, block_bytes: int = ROW_BLOCK_BYTES) -> list[tuple[int, int, int]]:
+    """(tile, first row, end row) of every block of whole distance rows, in order."""
+    per_block = max(1, block_bytes // (4 * max(1, songs.n)))
+    return [(t, start, start + per_block) for t, tile in enumerate(songs.tiles)
+            for start in range(0, len(tile.index), per_block)]
+
+
+def distance_rows(songs: SongSet, topk: int, block_bytes: int = ROW_BLOCK_BYTES,
+                  device: str | torch.device | None = None, rank: int = 0,
+                  world: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Whole rows of the song distance matrix, tile by tile: (song positions, float32 block of
+    shape (rows, n) in the original song order), computed on ``device`` (default: the CPU).
+    Every block is computed against every tile (no symmetry: a row block must be complete), at
+    most ``block_bytes`` at a time; this worker computes the blocks rank::world of ``row_blocks``."""
+    tiles = songs.on(device)
+    with exact_float32():
+        for t, start, stop in row_blocks(songs, block_bytes)[rank::world]:
+            part = _tile_rows(tiles[t], start, stop)
+            out = np.empty((len(part.index), songs.n), dtype=np.float32)
+            for other in tiles:
+                out[:, other.index] = song_distances(part, other, topk).cpu().numpy()
+            yield part.index, out
+
+
+def _tile_rows(tile: Tile, start: int, stop: int) -> Tile:
+    if start == 0 and stop >= len(tile.index):
+        return tile
+    return Tile(tile.index[start:stop], tile.chunks[start:stop], tile.valid[start:stop],
+                tile.n_chunks[start:stop], tile.clique_ids[start:stop])
 
 
 # ---------------------------------------------------------------- all-against-all metrics
 
 
 class TileCounts:
-    """Relevant thresholds and non-relevant counts of every tile's rows (see module doc)."""
+    """Relevant thresholds and non-relevant counts of every tile's rows (see module doc), on
+    ``device`` (default: the CPU)."""
 
-    def __init__(self, songs: SongSet, topk: int) -> None:
+    def __init__(self, songs: SongSet, topk: int, device: str | torch.device | None = None) -> None:
         self.songs = songs
-        relevant = _relevant_distances(songs, topk)
+        self.tiles = songs.on(device)
+        relevant = _relevant_distances(songs, topk, tiles=self.tiles)
         self.thresholds: list[torch.Tensor] = []
         self.r_count: list[torch.Tensor] = []
         self.counts: list[torch.Tensor] = []
-        for tile in songs.tiles:
+        for tile in self.tiles:
             padded, r = pad_thresholds([relevant[s] for s in tile.index])
-            self.thresholds.append(padded.to(torch.float32))
+            self.thresholds.append(padded.to(tile.chunks.device, torch.float32))
             self.r_count.append(r)
-            self.counts.append(torch.zeros(padded.shape, dtype=torch.int64))
+            self.counts.append(torch.zeros((2, *padded.shape), dtype=torch.int64,
+                                           device=tile.chunks.device))  # below, tied
 
     def add_pair(self, i: int, j: int, topk: int) -> None:
-        a, b = self.songs.tiles[i], self.songs.tiles[j]
+        a, b = self.tiles[i], self.tiles[j]
         block = song_distances(a, b, topk)
         same = a.clique_ids[:, None] == b.clique_ids[None, :]  # relevant or the song itself
-        self.counts[i] += count_at_or_below(self.thresholds[i], block, same)
+        self.counts[i] += count_below_and_tied(self.thresholds[i], block, same)
         if i != j:
-            self.counts[j] += count_at_or_below(self.thresholds[j], block.T.contiguous(), same.T.contiguous())
+            self.counts[j] += count_below_and_tied(self.thresholds[j], block.T.contiguous(), same.T.contiguous())
 
     def flat(self) -> torch.Tensor:
         """All counts as one vector (to sum over workers)."""
@@ -199,26 +291,31 @@ class TileCounts:
             c.copy_(flat[start:start + c.numel()].view_as(c))
             start += c.numel()
 
-    def result(self) -> Metrics:
+    def result(self, ties: str = "expected") -> Metrics:
+        ties = check_ties(ties)
         parts = []
-        for tile, counts, r in zip(self.songs.tiles, self.counts, self.r_count):
+        for tile, counts, thresholds, r in zip(self.songs.tiles, self.counts, self.thresholds, self.r_count):
+            counts, thresholds = counts.cpu(), thresholds.cpu()
             keep = r > 0
             if not keep.any():
                 continue
-            n_nonrel = torch.from_numpy(self.songs.n - self.songs.clique_size[tile.index])[keep]
-            ap, first, rp = per_query_metrics(counts[keep], r[keep], n_nonrel)
+            n_nonrelevant = self.songs.n - r[keep]  # M = N − R: the song itself is one of them
+            ap, first, rp = per_query_metrics(counts[:, keep], thresholds[keep], r[keep], n_nonrelevant, ties)
             parts.append((tile.index[keep.numpy()], ap, first, rp))
         skipped = int((self.songs.clique_size < 2).sum())
         if not parts:
-            return Metrics.from_per_query(np.zeros(0), np.zeros(0, np.int64), np.zeros(0), None, skipped)
+            return Metrics.from_per_query(np.zeros(0), np.zeros(0), np.zeros(0), None, skipped, ties)
         qidx, ap, first, rp = (np.concatenate(p) for p in zip(*parts))
-        return Metrics.from_per_query(ap, first, rp, qidx, skipped)
+        return Metrics.from_per_query(ap, first, rp, qidx, skipped, ties)
 
 
-def _relevant_distances(songs: SongSet, topk: int, budget: int = TILE_ROWS) -> list[np.ndarray]:
-    """For each song, its distances to the other songs of its clique. Small cliques are batched
-    into one block (only its diagonal blocks are used): many tiny products cost more in call
-    overhead than the few wasted values."""
+def _relevant_distances(songs: SongSet, topk: int, budget: int = TILE_ROWS,
+                        tiles: list[Tile] | None = None) -> list[np.ndarray]:
+    """For each song, its distances to the other songs of its clique, computed from ``tiles``
+    (``songs.tiles`` moved to a device, or themselves). Small cliques are batched into one block
+    (only its diagonal blocks are used): many tiny products cost more in call overhead than the
+    few wasted values."""
+    tiles = songs.tiles if tiles is None else tiles
     out: list[np.ndarray] = [np.zeros(0, np.float32)] * songs.n
     members: dict[int, list[int]] = {}
     for s in songs.order:  # tile order
@@ -229,7 +326,7 @@ def _relevant_distances(songs: SongSet, topk: int, budget: int = TILE_ROWS) -> l
         rows = sum(len(g) for g in batch) + len(group)
         if batch and (not group or rows * int(songs.n_chunks[sum(batch + [group], [])].max()) > budget):
             flat = sum(batch, [])
-            d = song_distances(*(2 * [_sub_tile(songs, flat, where)]), topk).numpy()
+            d = song_distances(*(2 * [_sub_tile(songs, flat, where, tiles)]), topk).cpu().numpy()
             start = 0
             for g in batch:
                 block = d[start:start + len(g), start:start + len(g)]
@@ -242,36 +339,43 @@ def _relevant_distances(songs: SongSet, topk: int, budget: int = TILE_ROWS) -> l
     return out
 
 
-def _sub_tile(songs: SongSet, group: list[int], where: dict[int, tuple[int, int]]) -> Tile:
+def _sub_tile(songs: SongSet, group: list[int], where: dict[int, tuple[int, int]], tiles: list[Tile]) -> Tile:
     width = int(songs.n_chunks[group].max())
-    dim = songs.tiles[0].chunks.shape[2]
-    chunks = torch.zeros((len(group), width, dim))
+    dim = tiles[0].chunks.shape[2]
+    device = tiles[0].chunks.device
+    chunks = torch.zeros((len(group), width, dim), device=device)
     for row, s in enumerate(group):
         t, r = where[s]
         n = int(songs.n_chunks[s])
-        chunks[row, :n] = songs.tiles[t].chunks[r, :n]
-    n_chunks = torch.from_numpy(songs.n_chunks[group])
-    return Tile(np.asarray(group), chunks, torch.arange(width)[None, :] < n_chunks[:, None], n_chunks,
-                torch.from_numpy(songs.clique_ids[group]))
+        chunks[row, :n] = tiles[t].chunks[r, :n]
+    n_chunks = torch.from_numpy(songs.n_chunks[group]).to(device)
+    return Tile(np.asarray(group), chunks, torch.arange(width, device=device)[None, :] < n_chunks[:, None], n_chunks,
+                torch.from_numpy(songs.clique_ids[group]).to(device))
 
 
 def all_against_all(songs: SongSet, topk: int, rank: int = 0, world: int = 1,
                     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                    label: str = "ranking") -> Metrics:
-    """Exact MAP/MR1/ARP of all songs against all; this worker does tile pairs rank::world and
-    ``reduce`` sums the flat counts over workers (e.g. ``fabric.all_reduce(x, reduce_op="sum")``)."""
+                    label: str = "ranking", device: str | torch.device | None = None,
+                    ties: str = "expected", check: Callable[[], None] | None = None) -> Metrics:
+    """Exact MAP/MR1/ARP of all songs against all, computed on ``device`` (default: the CPU);
+    this worker does tile pairs rank::world and ``reduce`` sums the flat counts over workers
+    (``Workers.all_reduce``); ``check`` is called after every pair (it raises to stop the run)."""
     if topk < 1:
         raise UserError(f"--topk must be ≥ 1, got {topk}")
-    counts = TileCounts(songs, topk)
+    check_ties(ties)
+    with exact_float32():
+        counts = TileCounts(songs, topk, device)
     pairs = songs.tile_pairs()[rank::world]
-    with ui.progress() as bar:
+    with ui.progress() as bar, exact_float32():
         task = bar.add_task(label, total=len(pairs), status=f"{songs.n} songs, {len(songs.tiles)} tiles")
         for i, j in pairs:
             counts.add_pair(i, j, topk)
             bar.advance(task)
+            if check is not None:
+                check()
     if reduce is not None and world > 1:
         counts.load_flat(reduce(counts.flat()))
-    return counts.result()
+    return counts.result(ties)
 
 
 def load_songs(cache: Store, keys: Sequence[str], cliques: Sequence[str], tile_rows: int = TILE_ROWS) -> SongSet:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
-from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,21 +26,24 @@ from wealy_cli.core import ui
 from wealy_cli.core.datasets import DatasetSplit, load_split
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.files import write_atomically
-from wealy_cli.core.launch import Devices, resolve_devices
-from wealy_cli.core.lock import run_lock
+from wealy_cli.core.launch import Workers, launch, resolve_devices
 from wealy_cli.core.store import Store, StoreWriter, settings_hash
 from wealy_cli.ranking.chunks import embed_chunks, embedding_groups
 from wealy_cli.ranking.matrixfile import MatrixFormat
 from wealy_cli.ranking.metrics import Metrics
 from wealy_cli.ranking.options import EmbedOptions
 from wealy_cli.ranking.tiles import (
+    ROW_BLOCK_BYTES,
     TILE_ROWS,
     SongSet,
     all_against_all,
+    assemble_distances,
     available_memory,
-    dense_distances,
+    distance_blocks,
+    distance_rows,
     load_songs,
     memory_needed,
+    row_blocks,
     summary,
 )
 from wealy_cli.retrieval.options import DistancesRun, EvaluateRun, ModelOnSplit, ModelSource
@@ -139,36 +143,36 @@ def check_model_fits(features: Store, input_channels: int) -> None:
 
 
 def fill_chunk_cache(model: torch.nn.Module, zdim: int, features: Store, keys: list[str], cache_dir: Path,
-                     cache_settings: dict[str, Any], opts: EmbedOptions, rank: int = 0, world: int = 1) -> list[str]:
-    """Embed this worker's share (every world-th group) of ``keys`` not yet in the cache (the caller
-    holds its run lock); returns the keys without feature rows."""
-    with StoreWriter(cache_dir, zdim, writer=f"w{rank}", settings=cache_settings,
+                     cache_settings: dict[str, Any], opts: EmbedOptions, workers: Workers | None = None) -> list[str]:
+    """Embed this worker's share of ``keys`` not yet in the cache (the caller holds its run lock);
+    returns the keys without feature rows."""
+    workers = workers or Workers()
+    with StoreWriter(cache_dir, zdim, writer=f"w{workers.rank}", settings=cache_settings,
                      kind="chunk-embeddings") as writer:
-        groups = embedding_groups(features, keys, opts)[rank::world]
-        return embed_chunks(model, features, groups, writer, opts)
+        groups = workers.share(embedding_groups(features, keys, opts))
+        return embed_chunks(model, features, groups, writer, opts, check=workers.check)
 
 
-def prepare(opts: ModelOnSplit, cache_root: Path, rank: int = 0, world: int = 1,
-            barrier: Callable[[], None] | None = None, device: str = "cpu",
-            agree: Callable[[bool], bool] | None = None) -> Prepared:
+def prepare(opts: ModelOnSplit, cache_root: Path, workers: Workers | None = None) -> Prepared:
     """Embed the split's songs (this worker: every world-th group) into the chunk cache under
     ``cache_root``, then load them all.
 
     The cache is locked while it is written. Another evaluation of the same model and store
     (another split, or 'distances') waits for it instead of failing, then reuses what it cached.
-    With several workers, ``agree`` (a broadcast of rank 0's value) lets them wait together."""
+    With several workers, rank 0 holds the lock and they wait for it together."""
     from wealy_cli.model.network import load_model
 
+    workers = workers or Workers()
     model_path = resolve_model_path(opts)
     features, split = load_data(opts)
     cache_dir, cache_settings = chunk_cache_dir(cache_root, model_path, features, opts.chunk, opts.overlap)
     model, cfg = load_model(model_path)
     check_model_fits(features, cfg.input_channels)
-    model.to(device)
-    with run_lock(cache_dir, "chunk-embedding cache", wait=True, owner=rank == 0, agree=agree if world > 1 else None):
-        empty = fill_chunk_cache(model, cfg.zdim, features, split.keys, cache_dir, cache_settings, opts, rank, world)
-        if barrier is not None:  # every rank's shards are in before rank 0 unlocks
-            barrier()
+    model.to(workers.device)
+    workers.check_same(split.keys, "the versions to embed (--store, --dataset, --split, --metadata)")
+    with workers.lock(cache_dir, "chunk-embedding cache", wait=True):
+        empty = fill_chunk_cache(model, cfg.zdim, features, split.keys, cache_dir, cache_settings, opts, workers)
+        workers.barrier()  # every rank's shards are in before rank 0 unlocks
     cache = Store(cache_dir)
     failed = set(cache.failures())
     if failed:  # songs without feature rows: drop them and re-apply the ≥ 2 versions rule
@@ -190,39 +194,23 @@ class EvalResult:
 
 
 def evaluate(opts: EvaluateRun) -> EvalResult | None:
-    """Run the evaluation (on one or several processes); rank 0 writes and returns the result."""
+    """Run the evaluation on every process of the run; rank 0 writes and returns the result."""
     devices = resolve_devices(opts)
-    if devices.processes > 1:
-        return _evaluate_fabric(opts, devices)
-    device = "cuda" if devices.on_gpu else "cpu"
-    return _evaluate(opts, rank=0, world=1, barrier=None, reduce=None, device=device)
+    with launch(devices, opts.nodes, peer_timeout=opts.peer_timeout) as workers:
+        return _evaluate(opts, workers)
 
 
-def _evaluate_fabric(opts: EvaluateRun, devices: Devices) -> EvalResult | None:
-    from lightning.fabric import Fabric
-
-    fabric = Fabric(accelerator=devices.accelerator, devices=devices.processes, strategy="ddp",
-                    precision="32-true")
-    fabric.launch()
-    if fabric.global_rank != 0:
-        ui.set_quiet(True)
-    result = _evaluate(opts, fabric.global_rank, fabric.world_size, fabric.barrier,
-                       lambda x: fabric.all_reduce(x.to(fabric.device), reduce_op="sum").cpu(),
-                       device=str(fabric.device), agree=lambda ok: bool(fabric.broadcast(ok, src=0)))
-    return result if fabric.global_rank == 0 else None
-
-
-def _evaluate(opts: EvaluateRun, rank: int, world: int, barrier: Callable[[], None] | None,
-              reduce: Callable[[torch.Tensor], torch.Tensor] | None, device: str,
-              agree: Callable[[bool], bool] | None = None) -> EvalResult | None:
+def _evaluate(opts: EvaluateRun, workers: Workers) -> EvalResult | None:
     start = time.perf_counter()
     output = opts.run_dir()
-    prep = prepare(opts, Path(opts.cache or output / "cache"), rank, world, barrier, device, agree)
-    metrics = all_against_all(prep.songs, opts.topk, rank, world, reduce)
+    prep = prepare(opts, Path(opts.cache or output / "cache"), workers)
+    reduce = workers.all_reduce if workers.world > 1 else None
+    metrics = all_against_all(prep.songs, opts.topk, workers.rank, workers.world, reduce, device=workers.device,
+                              ties=opts.ties, check=workers.check)
     seconds = time.perf_counter() - start
     info = {**summary(prep.songs), "model": str(prep.model_path), "cache": str(prep.cache_dir),
-            "songs without features": len(prep.skipped_empty), "workers": world}
-    if rank != 0:
+            "songs without features": len(prep.skipped_empty), "workers": workers.world}
+    if not workers.is_main:
         return None
     result = EvalResult(metrics, prep.split, output, seconds, info)
     write_results(result, opts)
@@ -240,7 +228,7 @@ def write_results(result: EvalResult, opts: EvaluateRun) -> None:
     m, versions = result.metrics, result.split.versions
     for q, ap, first, rp in zip(m.query_index, m.ap, m.first_rank, m.rp):
         v = versions[int(q)]
-        rows.append(f"{_csv(v.key)},{_csv(v.clique)},{ap:.6f},{int(first)},{rp:.4f}")
+        rows.append(f"{_csv(v.key)},{_csv(v.clique)},{ap:.6f},{first:.10g},{rp:.4f}")  # expected: x.5
     write_atomically(out / PER_QUERY, "\n".join(rows) + "\n")
 
 
@@ -253,23 +241,74 @@ def _csv(value: str) -> str:
 # ---------------------------------------------------------------- distances
 
 
-def write_distances(opts: DistancesRun, fmt: MatrixFormat, memory_limit: int | None = None) -> tuple[int, int]:
-    """All-against-all distance matrix of the split, written with ``matrixfile.write_matrix``."""
-    from wealy_cli.ranking.matrixfile import DistanceMatrix, write_matrix
+def write_distances(opts: DistancesRun, fmt: MatrixFormat,
+                    memory_limit: int | None = None) -> tuple[tuple[int, int], Metrics | None] | None:
+    """All-against-all distance matrix of the split, written by rank 0: (its shape, the CLEWS
+    metrics with ``--features clews``) on rank 0, None elsewhere. The tile pairs (CLEWS: block
+    pairs; ``.h5``: row blocks) are shared by the processes of the run."""
+    devices = resolve_devices(opts)
+    with launch(devices, opts.nodes, peer_timeout=opts.peer_timeout) as workers:
+        if opts.features == "clews":
+            from wealy_cli.clews.distances import write_clews_distances
+
+            return write_clews_distances(opts.store, opts, opts, Path(opts.output), fmt, opts.ties, workers)
+        shape = _write_model_distances(opts, fmt, memory_limit, workers)
+        return None if shape is None else (shape, None)
+
+
+def _write_model_distances(opts: DistancesRun, fmt: MatrixFormat, memory_limit: int | None,
+                           workers: Workers) -> tuple[int, int] | None:
+    """``.h5`` (hdf5) is written row block by row block, never holding the matrix (disk space is
+    checked first); npz and pickle are built in memory (refused when the matrix would not fit)."""
+    from wealy_cli.ranking.matrixfile import DistanceMatrix, MatrixWriter, check_disk_space, hdf5_bytes, write_matrix
 
     features, split = load_data(opts)
-    need = memory_needed(len(split), len(split))
-    limit = memory_limit if memory_limit is not None else int(0.5 * available_memory())
-    if need > limit:  # refuse before any embedding work is spent
-        raise UserError(f"a dense {len(split)}×{len(split)} float32 matrix needs {need / 2**30:.1f} GiB, more than "
-                        f"the {limit / 2**30:.1f} GiB allowed (half the available memory); "
-                        f"use 'wealy evaluate' for metrics, which never builds the matrix")
     path = Path(opts.output)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    prep = prepare(opts, Path(opts.cache or path.parent / "cache"), device=device)
-    dist = dense_distances(prep.songs, opts.topk)
+    if fmt == "hdf5":  # refuse before any embedding work is spent
+        check_disk_space(path, hdf5_bytes(len(split), len(split)))
+    else:
+        need = memory_needed(len(split), len(split))
+        limit = memory_limit if memory_limit is not None else int(0.5 * available_memory())
+        if need > limit:
+            raise UserError(f"{path}: a dense {len(split)}×{len(split)} float32 matrix needs {need / 2**30:.1f} GiB, "
+                            f"more than the {limit / 2**30:.1f} GiB allowed (half the available memory); "
+                            "write it to an .h5 file instead (by row blocks, never whole)")
+    prep = prepare(opts, Path(opts.cache or path.parent / "cache"), workers)
     meta = {"model": str(prep.model_path), "dataset": opts.dataset, "split": opts.split, "topk": opts.topk,
             "chunk": opts.chunk, "overlap": opts.overlap, "distance": "mean of topk smallest chunk cosine distances"}
-    matrix = DistanceMatrix.square(dist, prep.split.keys, prep.split.cliques, meta)
+    keys, cliques = prep.split.keys, prep.split.cliques
+    if fmt == "hdf5":
+        with MatrixWriter(path, keys, keys, cliques, cliques, meta) if workers.is_main else nullcontext() as writer:
+            stream_distances(prep.songs, opts.topk, writer, device=workers.device, workers=workers)
+        return (len(keys), len(keys)) if workers.is_main else None
+    blocks = distance_blocks(prep.songs, opts.topk, workers.rank, workers.world, device=workers.device,
+                             check=workers.check)
+    if workers.world > 1:  # rank 0 assembles every process's blocks
+        parts = workers.gather_object(list(blocks))
+        if parts is None:
+            return None
+        blocks = (b for part in parts for b in part)
+    matrix = DistanceMatrix.square(assemble_distances(prep.songs, blocks), keys, cliques, meta)
     write_matrix(path, matrix, fmt)
     return matrix.shape
+
+
+def stream_distances(songs: SongSet, topk: int, writer: Any, block_bytes: int = ROW_BLOCK_BYTES,
+                     device: str | torch.device | None = None, workers: Workers | None = None) -> None:
+    """Write every row of the songs' distance matrix to ``writer`` (``write_rows``), tile rows
+    by tile rows (computed on ``device``), with a progress bar. With ``workers``, each process
+    computes every world-th row block and rank 0 (alone with a ``writer``) writes them, one
+    round of blocks at a time: rank 0 holds about ``block_bytes`` of rows, never the matrix."""
+    workers = workers or Workers()
+    block_bytes = max(1, block_bytes // workers.world)
+    rounds = math.ceil(len(row_blocks(songs, block_bytes)) / workers.world)
+    mine = distance_rows(songs, topk, block_bytes, device, workers.rank, workers.world)
+    with ui.progress() as bar:
+        task = bar.add_task("distances", total=songs.n, status=f"{songs.n} songs, {len(songs.tiles)} tiles")
+        for _ in range(rounds):
+            block = next(mine, None)
+            workers.check()
+            for part in (workers.gather_object(block) if workers.world > 1 else [block]) or []:
+                if part is not None:
+                    writer.write_rows(*part)
+                    bar.advance(task, len(part[0]))

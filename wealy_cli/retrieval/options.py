@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, model_validator
 
 from wealy_cli.clews.options import ClewsDistanceOptions, Redux
-from wealy_cli.core.launch import DeviceOptions
+from wealy_cli.core.launch import DeviceOptions, NodeOptions
 from wealy_cli.core.settings import (
     CommaList,
     CreatableDir,
@@ -22,7 +22,7 @@ from wealy_cli.core.settings import (
     argument,
     option,
 )
-from wealy_cli.ranking.options import ChunkOptions, EmbedOptions
+from wealy_cli.ranking.options import ChunkOptions, EmbedOptions, TieOptions
 
 BASELINES = ("sbert", "tfidf-cosine", "tfidf-lucene", "bm25", "ideal", "random", "modified-ideal",
              "modified-random")
@@ -46,7 +46,7 @@ class ModelOnSplit(DataSettings, ModelSource, EmbedOptions):
                                         shown_default="next to the output")
 
 
-class EvaluateRun(ModelOnSplit, DeviceOptions):
+class EvaluateRun(ModelOnSplit, DeviceOptions, NodeOptions, TieOptions):
     """``wealy evaluate``: a model ranked all-against-all on a split."""
 
     output: CreatableDir | None = option(None, "Run directory for results.json, per_query.csv and settings.yaml.",
@@ -59,7 +59,7 @@ class EvaluateRun(ModelOnSplit, DeviceOptions):
         return Path("runs") / "evaluate" / f"{name}-{self.dataset}-{self.split}"
 
 
-class DistancesRun(ModelOnSplit, ClewsDistanceOptions):
+class DistancesRun(ModelOnSplit, ClewsDistanceOptions, TieOptions, DeviceOptions, NodeOptions):
     """``wealy distances``: the all-against-all distance matrix of a split, written to a file."""
 
     output: Path = option(help="Matrix file: .npz, .h5 or .pkl.", short="-o")
@@ -88,7 +88,7 @@ def _baseline_names(names: list[str]) -> list[str]:
 BaselineNames = Annotated[CommaList, AfterValidator(_baseline_names)]
 
 
-class BaselineOptions(Options):
+class BaselineOptions(TieOptions):
     """The transcription baselines' own knobs (TF-IDF and validity rules are the paper's, fixed)."""
 
     seed: int = option(42, "Seed of the random baselines.")

@@ -5,16 +5,17 @@ Per song: decode audio (16 kHz mono, ≤ max_seconds, never padded) → faster-w
 pass per window (:mod:`wealy_cli.whisper.model`), windows batched across songs → rows of all windows
 in time order, stored fp16 with text, language and window boundaries.
 
-Several processes (``--gpus N`` or ``--workers N``) are Lightning Fabric ranks: rank r takes
-versions[r::N] of the work list and writes its own shards (writer ``w<r>``); a rerun skips stored
-keys. A song that cannot be read never stops the run: it goes to the store's failure list.
+Several processes (``--gpus N`` or ``--workers N``, on ``--nodes M`` machines) are the ranks of
+:func:`wealy_cli.core.launch.launch`: rank r takes versions[r::world] of the work list and writes its
+own shards (writer ``w<r>``); a rerun skips stored keys. A song that cannot be read never stops
+the run: it goes to the store's failure list.
 """
 
 from __future__ import annotations
 
-import os
+import gc
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -25,8 +26,7 @@ from wealy_cli.core import ui
 from wealy_cli.core.audio import AudioError, load_audio
 from wealy_cli.core.datasets import MissingSplitError, Version, load_split
 from wealy_cli.core.errors import UserError
-from wealy_cli.core.launch import Devices, resolve_devices
-from wealy_cli.core.lock import run_lock
+from wealy_cli.core.launch import Workers, launch, resolve_devices
 from wealy_cli.core.store import StoreWriter
 from wealy_cli.whisper.model import Whisper, decoder_rows, load_ct2_whisper, load_transformers_whisper
 from wealy_cli.whisper.options import WhisperExtractOptions, WhisperFeatureOptions
@@ -76,6 +76,8 @@ def load_models(settings: WhisperFeatureOptions, device: torch.device, threads: 
     compute_type = resolved_compute_type(settings.compute_type, on_gpu)
     transcriber = open_model(ct2_dir, device="cuda" if on_gpu else "cpu", device_index=device.index or 0,
                              compute_type=compute_type, cpu_threads=threads)
+    if on_gpu:
+        check_ctranslate2_gpu(transcriber, device)
     if not transcriber.model.is_multilingual and settings.language not in ("auto", "en"):
         raise UserError(f"--language {settings.language}: model {settings.model} is English-only (use en or auto)")
     network = load_ct2_whisper(torch_dir) if kind == "ct2" else load_transformers_whisper(torch_dir)
@@ -85,6 +87,20 @@ def load_models(settings: WhisperFeatureOptions, device: torch.device, threads: 
     # relative, rows ≈ 2e-6): keep it instead of running the encoder twice.
     reuse = not on_gpu and compute_type == "float32" and dtype == torch.float32
     return LoadedModels(transcriber, network.to(device=device, dtype=dtype), settings.model, reuse)
+
+
+def check_ctranslate2_gpu(transcriber: Transcriber, device: torch.device) -> None:
+    """Encode one silent window on the GPU before any song is read: CTranslate2 loads its CUDA
+    libraries (cuBLAS) only at the first product, and without them every song would fail alike."""
+    import ctranslate2
+
+    try:
+        transcriber.encode(np.zeros((transcriber.model.n_mels, 3000), np.float32))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"--gpus: CTranslate2 {ctranslate2.__version__} cannot decode on {device} ({first}); "
+                        f"its wheels need CUDA 12 libraries (cuBLAS 12) it can load, e.g. pip install "
+                        f"nvidia-cublas-cu12 and that package's lib folder on LD_LIBRARY_PATH") from err
 
 
 def resolved_compute_type(compute_type: str, on_gpu: bool) -> str:
@@ -139,14 +155,34 @@ class _Pending:
 
 
 def extract_share(settings: WhisperExtractOptions, versions: list[Version], rank: int = 0,
-                  device: torch.device | None = None, threads: int = 0) -> Summary:
-    """Extract ``versions`` (this worker's share) into the store with writer ``w<rank>``."""
+                  device: torch.device | None = None, threads: int = 0,
+                  decode: DecodeOptions | None = None, models: LoadedModels | None = None,
+                  check: Callable[[], None] = lambda: None) -> Summary:
+    """Extract ``versions`` (this worker's share) into the store with writer ``w<rank>``;
+    ``check`` is called after every song (it raises to stop the run).
+
+    For measurements (benchmarks/gpu_check.py), never for a store whose content must follow its
+    recorded settings: ``decode`` replaces the decoding options the settings imply (language and
+    prompt with Whisper's defaults), and ``models`` (from :func:`load_models`) skips loading."""
     start = time.perf_counter()
     device = device or torch.device("cpu")
     summary = Summary(total=len(versions))
-    models = load_models(settings, device, threads)
+    own = models is None
+    models = models or load_models(settings, device, threads)
+    try:
+        _extract(settings, versions, rank, models, summary, decode, check)
+    finally:
+        if own:  # CTranslate2's thread pool goes now, not at interpreter exit
+            del models
+            gc.collect()
+    summary.wall_seconds = time.perf_counter() - start
+    return summary
+
+
+def _extract(settings: WhisperExtractOptions, versions: list[Version], rank: int, models: LoadedModels,
+             summary: Summary, decode: DecodeOptions | None, check: Callable[[], None]) -> None:
     dim = models.network.dims.n_text_state if settings.features == "decoder" else models.network.dims.n_audio_state
-    options = DecodeOptions(language=settings.language, initial_prompt=settings.prompt or None)
+    options = decode or DecodeOptions(language=settings.language, initial_prompt=settings.prompt or None)
     pending: list[_Pending] = []
     with StoreWriter(settings.output_dir(), dim, writer=f"w{rank}", settings=settings.content_settings(),
                      kind=f"whisper-{settings.features}") as writer, ui.progress() as bar:
@@ -154,6 +190,7 @@ def extract_share(settings: WhisperExtractOptions, versions: list[Version], rank
 
         def done() -> None:
             bar.update(task, advance=1, status=f"{summary.failed} failed")
+            check()
 
         def readable() -> Iterator[tuple[Version, np.ndarray]]:
             for version in versions:
@@ -183,8 +220,6 @@ def extract_share(settings: WhisperExtractOptions, versions: list[Version], rank
                 pending = []
             done()
         _write_features(pending, models.network, settings, writer, summary)
-    summary.wall_seconds = time.perf_counter() - start
-    return summary
 
 
 def _record_failure(version: Version, reason: str, writer: StoreWriter, summary: Summary) -> None:
@@ -286,41 +321,28 @@ def _single_thread(active: bool) -> Iterator[None]:
 
 
 def extract_whisper(settings: WhisperExtractOptions) -> Summary | None:
-    """Run on this machine's workers/GPUs; returns the combined summary on rank 0, else None."""
+    """Run on every process of the run; returns the combined summary on rank 0, else None."""
     devices = resolve_devices(settings)
     versions = work_list(settings)
     if not versions:
         raise UserError(f"dataset {settings.dataset} split {settings.split}: no versions to extract")
-    # One run per store: the launching process (global rank 0) locks it before any rank starts.
-    with run_lock(settings.output_dir(), "store"):
-        if devices.processes == 1 and settings.nodes == 1:
-            device = torch.device("cuda", 0) if devices.on_gpu else torch.device("cpu")
-            return extract_share(settings, versions, 0, device, threads=0)
-        return _run_fabric(settings, versions, devices)
+    # One run per store: rank 0 locks it for the whole run.
+    with launch(devices, settings.nodes, peer_timeout=settings.peer_timeout,
+                lock=(settings.output_dir(), "store")) as workers:
+        workers.check_same([v.key for v in versions], "the work list (--dataset, --split, --metadata, --limit)")
+        return _extract_all(settings, versions, workers, devices.on_gpu)
 
 
-def _run_fabric(settings: WhisperExtractOptions, versions: list[Version], devices: Devices) -> Summary | None:
-    from lightning.fabric import Fabric
-
-    # Fabric relaunches this same command once per extra local rank (or joins SLURM / torchrun).
-    # Lightning would set OMP_NUM_THREADS=1 for those processes only, and with it CTranslate2 can
-    # sample other tokens for the same seeded fallback window: give them the OpenMP default (one
-    # thread per core) this process has, so results do not depend on the rank.
-    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-    fabric = Fabric(accelerator=devices.accelerator, devices=devices.processes, num_nodes=settings.nodes,
-                    strategy="ddp")
-    fabric.launch()
-    rank, world = fabric.global_rank, fabric.world_size
-    threads = 0 if devices.on_gpu else max(1, (os.cpu_count() or 1) // devices.processes)
-    torch.set_num_threads(threads or torch.get_num_threads())
-    summary = extract_share(settings, versions[rank::world], rank, fabric.device, threads)
-    counts = torch.tensor([float(getattr(summary, k)) for k in Summary.COUNTS], dtype=torch.float64)
-    gathered = fabric.all_gather(counts.to(fabric.device)).cpu().reshape(world, -1)
-    failures = [None] * world
-    torch.distributed.all_gather_object(failures, summary.failures)
-    if rank != 0:
+def _extract_all(settings: WhisperExtractOptions, versions: list[Version], workers: Workers,
+                 on_gpu: bool) -> Summary | None:
+    # Processes of one node share its cores (CTranslate2 threads; 0 = its default on GPU).
+    threads = 0 if on_gpu or workers.world == 1 else torch.get_num_threads()
+    summary = extract_share(settings, workers.share(versions), workers.rank, workers.device, threads,
+                            check=workers.check)
+    parts = workers.gather_object(summary)
+    if parts is None:
         return None
-    total = Summary(**{k: type(getattr(summary, k))(v) for k, v in zip(Summary.COUNTS[:-1], gathered.sum(0).tolist())})
-    total.failures = [f for part in failures for f in part]
-    total.wall_seconds = float(gathered[:, -1].max())  # the slowest worker
+    total = Summary(**{k: sum(getattr(p, k) for p in parts) for k in Summary.COUNTS[:-1]})
+    total.failures = [f for p in parts for f in p.failures]
+    total.wall_seconds = max(p.wall_seconds for p in parts)  # the slowest worker
     return total

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from wealy_cli.core.launch import DeviceOptions
+from wealy_cli.core.launch import DeviceOptions, NodeOptions
 from wealy_cli.core.settings import CreatableDir, DataSettings, ExistingDir, Options, argument, option
 
 DEFAULT_WHISPER = "tiny.en"
@@ -28,14 +28,13 @@ class WhisperFeatureOptions(Options):
     max_seconds: float = option(300.0, "Audio read per song, in seconds (never padded).", gt=0)
 
 
-class WhisperExtractOptions(DataSettings, WhisperFeatureOptions, DeviceOptions):
+class WhisperExtractOptions(DataSettings, WhisperFeatureOptions, DeviceOptions, NodeOptions):
     """``wealy extract whisper``: a dataset's audio → transcriptions and features in a store."""
 
     split: Literal["train", "val", "test", "all"] = option("all", "train, val, test or all (every split).")
     out: CreatableDir | None = option(None, "Store directory to create or resume.", short="-o",
                                       shown_default="runs/stores/DATASET-SPLIT-whisper")
     batch_size: int = option(8, "Songs decoded in lockstep (and windows per feature batch).", ge=1)
-    nodes: int = option(1, "Machines, each running --gpus (or --workers) processes (torchrun or SLURM).", ge=1)
     limit: int | None = option(None, "Only the first N versions.", ge=1, shown_default="all")
 
     def output_dir(self) -> Path:

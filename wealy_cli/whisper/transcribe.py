@@ -48,6 +48,7 @@ class DecodeOptions:
     prompt_reset_on_temperature: float = 0.5
     best_of: int = 5
     seed: int = 0  # mixed with each window's content into the seed of its temperature fallback
+    max_new_tokens: int | None = None  # tokens generated per window at most (None: Whisper's limit, 224)
 
 
 @dataclass
@@ -194,8 +195,8 @@ class _Song:
         fx = model.feature_extractor
         generated = list(decoded.sequences_ids[0])
         fed = step.prompt + generated
-        if len(fed) >= model.max_length:  # stopped by the length limit: the last token was never fed
-            fed = fed[:-1]
+        if len(generated) >= generation_limits(model, len(step.prompt), options)[1]:  # stopped by the
+            fed = fed[:-1]  # length limit (no end-of-text): the last token was generated, never fed
         window = Window(step.time_offset, step.time_offset + step.segment_size * fx.time_per_frame, step.mel, fed,
                         len(step.prompt), "", temperature, no_speech=False, audio_features=audio_features)
         self.transcript.windows.append(window)
@@ -225,8 +226,9 @@ def _decode_round(model: Transcriber, songs: list[_Song], options: DecodeOptions
     for steps in groups.values():
         encoded, kept = _encode(model, [s.mel for s in steps])
         fw_options = steps[0].song.fw_options  # suppressed tokens are the same for every language
+        limit, _ = generation_limits(model, len(steps[0].prompt), options)  # one prompt length per group
         results = model.model.generate(encoded, [s.prompt for s in steps],
-                                       **_generate_arguments(model, fw_options, 0.0))
+                                       **_generate_arguments(model, fw_options, 0.0, limit))
         for i, (step, result) in enumerate(zip(steps, results)):
             single = functools.partial(_window_encoding, model, step, kept[i] if kept is not None else None)
             result, avg_logprob, temperature = _with_fallback(model, step, result, single, options)
@@ -256,7 +258,8 @@ def _with_fallback(model: Transcriber, step: _Step, greedy, encoded_window, opti
         sampler = model.fresh_replica()
         window = encoded_window()
         for temperature in fw.temperatures[1:]:
-            (result,) = sampler.generate(window, [step.prompt], **_generate_arguments(model, fw, temperature))
+            (result,) = sampler.generate(window, [step.prompt], **_generate_arguments(
+                model, fw, temperature, generation_limits(model, len(step.prompt), options)[0]))
             tried.append((result, *_verdict(result, tokenizer, fw), temperature))
             if not tried[-1][3]:
                 return result, tried[-1][1], temperature
@@ -281,15 +284,30 @@ def _storage(array: np.ndarray) -> ctranslate2.StorageView:
     return ctranslate2.StorageView.from_array(np.ascontiguousarray(array))
 
 
-def _generate_arguments(model: WhisperModel, fw: TranscriptionOptions, temperature: float) -> dict:
-    """The arguments of faster-whisper's ``generate`` call at ``temperature``."""
+def generation_limits(model: WhisperModel, prompt_length: int, options: DecodeOptions) -> tuple[int, int]:
+    """(``max_length`` for CTranslate2's ``generate``, the most tokens it then generates).
+
+    CTranslate2's Whisper generates at most min(max_length // 2, max_length − prompt_length + 1)
+    tokens (openai's rule: half the 448-token text context, and what the context has left). A
+    window that generated that many stopped at the limit, not at an end-of-text. With
+    ``max_new_tokens`` below that, max_length is chosen so the rule gives exactly it."""
+    most = min(model.max_length // 2, model.max_length - prompt_length + 1)
+    wanted = options.max_new_tokens
+    if wanted is None or wanted >= most:
+        return model.max_length, most
+    return max(2 * wanted, wanted + prompt_length - 1), wanted
+
+
+def _generate_arguments(model: WhisperModel, fw: TranscriptionOptions, temperature: float,
+                        limit: int) -> dict:
+    """The arguments of faster-whisper's ``generate`` call at ``temperature``, stopping at ``limit``."""
     if temperature > 0:
         search = dict(beam_size=1, num_hypotheses=fw.best_of, sampling_topk=0, sampling_temperature=temperature)
     else:
         search = dict(beam_size=fw.beam_size, patience=fw.patience)
     return dict(
         length_penalty=fw.length_penalty, repetition_penalty=fw.repetition_penalty,
-        no_repeat_ngram_size=fw.no_repeat_ngram_size, max_length=model.max_length, return_scores=True,
+        no_repeat_ngram_size=fw.no_repeat_ngram_size, max_length=limit, return_scores=True,
         return_no_speech_prob=True, suppress_blank=fw.suppress_blank, suppress_tokens=fw.suppress_tokens,
         max_initial_timestamp_index=int(round(fw.max_initial_timestamp / model.time_precision)), **search)
 

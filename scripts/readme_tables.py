@@ -1,0 +1,65 @@
+"""Results tables in README.md, generated from the JSON files that measured them.
+
+Each table sits between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` and is rendered
+from ``docs/results/NAME.json``: the ``comparison.json`` that `wealy demo` (and the quality
+benchmark, which runs it on its own collection) writes, kept in the repository. No number in
+these tables is typed by hand.
+
+    python scripts/readme_tables.py --save demo runs/demo/comparison.json   # keep a new result
+    python scripts/readme_tables.py                                         # rewrite README tables
+    python scripts/readme_tables.py --check                                 # exit 1 if stale (tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+RESULTS = REPO / "docs" / "results"
+_BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+
+
+def render(name: str) -> str:
+    """The Markdown table of ``docs/results/<name>.json``."""
+    data = json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
+    ties = data.get("ties", "expected")
+    lines = [f"| method ({data.get('split', 'test')} split) | kind | MAP (95 % interval) | MR1 | ARP (%) |",
+             "|---|---|---|---|---|"]
+    for row in data["rows"]:
+        interval = f" ± {row['map_ci']:.3f}" if "map_ci" in row else ""
+        lines.append(f"| {row['method']} | {row['kind']} | {row['map']:.3f}{interval} | {row['mr1']:.2f} | "
+                     f"{row['arp']:.2f} |")
+    lines += ["", f"Ties counted as {ties} values over random tie orders; source: `docs/results/{name}.json`."]
+    return "\n".join(lines) + "\n"
+
+
+def rewrite(text: str) -> str:
+    return _BLOCK.sub(lambda m: m.group(1) + render(m.group("name")) + m.group(4), text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only check that README.md is current")
+    parser.add_argument("--save", nargs=2, metavar=("NAME", "JSON"), help="keep JSON as docs/results/NAME.json")
+    args = parser.parse_args()
+    if args.save:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.save[1], RESULTS / f"{args.save[0]}.json")
+    text = README.read_text(encoding="utf-8")
+    new = rewrite(text)
+    if args.check:
+        if new != text:
+            sys.exit("README.md results tables are out of date: run python scripts/readme_tables.py")
+        return
+    README.write_text(new, encoding="utf-8")
+    print(f"rewrote {len(_BLOCK.findall(text))} table(s) in {README}")
+
+
+if __name__ == "__main__":
+    main()
