@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from wealy_cli.core.datasets import DatasetError, load_split, make_key
+from wealy_cli.core.datasets import DatasetError, load_split, make_key, split_key
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -69,7 +69,7 @@ def test_user_csv(tmp_path):
     assert test.keys == ["songA/v1", "songA/v2"]
     assert test.versions[0].path == tmp_path / "a.mp3" and test.versions[1].path == Path("/abs/b.mp3")
     (tmp_path / "bad.csv").write_text("name,file\nx,y\n")
-    with pytest.raises(DatasetError, match=r"bad.csv: missing column\(s\) clique, version, path"):
+    with pytest.raises(DatasetError, match=r"bad.csv: missing column\(s\) path; found \['name', 'file'\]"):
         load_split("csv", "test", tmp_path / "bad.csv")
 
 
@@ -121,3 +121,50 @@ def test_errors(tmp_path):
     (tmp_path / "SHS100K-TEST").write_text("only-one-column\n")
     with pytest.raises(DatasetError, match="SHS100K-TEST:1: expected"):
         load_split("shs", "test", tmp_path)
+
+
+# ---------------------------------------------------------------- catalogue CSVs (only `path` required)
+
+
+def test_unlabelled_csv_keys_from_paths_and_metadata(tmp_path):
+    (tmp_path / "cat.csv").write_text("path,title,artist\nalbums/live/song.mp3,Song,Ann\n./b.mp3,B,\n"
+                                      "C:\\music\\c.wav,,Cy\n")
+    cat = load_split("csv", "test", tmp_path / "cat.csv", check_audio=False, labelled_only=False)
+    # Each row is its own clique named after its path as written: the same every time it is read.
+    assert cat.keys == ["albums:live:song.mp3/0", "b.mp3/0", "C::music:c.wav/0"]
+    assert [v.labelled for v in cat.versions] == [False] * 3
+    assert cat.versions[0].path == tmp_path / "albums" / "live" / "song.mp3"
+    assert [dict(v.meta) for v in cat.versions] == [{"title": "Song", "artist": "Ann"}, {"title": "B"},
+                                                    {"artist": "Cy"}]
+    assert all(split_key(k)[0] == v.clique for k, v in zip(cat.keys, cat.versions))
+    # Evaluation and training need cliques: say so, naming the file.
+    with pytest.raises(DatasetError, match=r"cat.csv: the test rows have no clique column.*need labelled versions"):
+        load_split("csv", "test", tmp_path / "cat.csv", check_audio=False)
+
+
+def test_mixed_csv(tmp_path):
+    (tmp_path / "m.csv").write_text("clique,version,path,title\nA,1,a1.mp3,x\nA,,a2.mp3,y\nB,1,b1.mp3,z\n"
+                                    ",,u.mp3,w\n")
+    labelled = load_split("csv", "test", tmp_path / "m.csv", check_audio=False)
+    assert labelled.keys == ["A/1", "A/a2.mp3"]  # B has one version; u.mp3 has no label
+    assert labelled.dropped_small_cliques == 1 and labelled.dropped_unlabelled == 1
+    catalogue = load_split("csv", "test", tmp_path / "m.csv", check_audio=False, labelled_only=False)
+    assert catalogue.keys == ["A/1", "A/a2.mp3", "u.mp3/0"]  # unlabelled rows are exempt from the rules
+    assert catalogue.restrict(["A/1", "u.mp3/0"]).keys == ["u.mp3/0"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("clique,version,path,split\nA,1,a.mp3,test\nA,2,b.mp3,tset\n", r"bad.csv:3: split 'tset' is not one of"),
+    ("clique;version;path\nA;1;a.mp3\n", r"bad.csv:1: the header is semicolon-separated"),
+    ("path\ta\nx.mp3\t1\n", r"bad.csv:1: the header is tab-separated"),
+    ("path,title\na.mp3,x\nb.mp3,Hello, World\n", r"bad.csv:3: 3 fields, the header has 2 \(quote values"),
+    ("path,title,artist\na.mp3,x\n", r"bad.csv:2: 2 fields, the header has 3"),
+    ("path,title\n,x\n", r"bad.csv:2: the path is empty"),
+    ("path\na/b.mp3\na:b.mp3\n", r"bad.csv:3: path 'a:b.mp3' gives the same key 'a:b.mp3/0' as 'a/b.mp3' on line 2"),
+    ("clique,version,path\nx/y,1,a.mp3\n", r"bad.csv:2: clique 'x/y' holds a '/'"),
+    ("title\nx\n", r"bad.csv: missing column\(s\) path"),
+])
+def test_csv_errors_name_file_row_and_problem(tmp_path, text, message):
+    (tmp_path / "bad.csv").write_text(text)
+    with pytest.raises(DatasetError, match=message):
+        load_split("csv", "test", tmp_path / "bad.csv", check_audio=False, labelled_only=False)

@@ -10,7 +10,7 @@ import typer
 from typer.exceptions import Abort, Exit, TyperException
 
 from wealy_cli import __version__
-from wealy_cli.commands import baselines, demo, distances, evaluate, extract, fuse, models, store, train
+from wealy_cli.commands import baselines, demo, distances, evaluate, extract, fuse, index, models, search, store, train
 from wealy_cli.core import ui
 from wealy_cli.core.errors import UserError
 
@@ -22,16 +22,18 @@ app = typer.Typer(
     rich_markup_mode=None,  # help texts say "[default: x]" literally
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for sub_app in (extract.app, models.app, store.app):
+for sub_app in (extract.app, models.app, store.app, index.app):
     sub_app.rich_markup_mode = None
 app.add_typer(extract.app, name="extract")
 app.add_typer(models.app, name="models")
 app.add_typer(store.app, name="store")
+app.add_typer(index.app, name="index")
 app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
 app.command("distances")(distances.distances)
 app.command("baselines")(baselines.baselines)
 app.command("fuse")(fuse.fuse)
+app.command("search")(search.search)
 app.command("demo")(demo.demo)
 
 GLOBAL_FLAGS = ("--debug", "--quiet")

@@ -166,6 +166,23 @@ def clews_song_distances(
     return out
 
 
+def clews_distances_to(query: np.ndarray, candidates: Sequence[np.ndarray], redux: str = "bpwr-5",
+                       block: int = 32, device: str | torch.device = "cpu") -> np.ndarray:
+    """(len(candidates),) float32 distances of one song's shingle embeddings to each candidate's,
+    reduced as ``clews_song_distances`` does (catalogue search: a query against its candidates)."""
+    parse_redux(redux)
+    if not len(candidates):
+        return np.zeros(0, np.float32)
+    device = torch.device(device)
+    q, qmask = pad_sequences([query], device=device)
+    out = []
+    for start in range(0, len(candidates), block):
+        c, cmask = pad_sequences(candidates[start:start + block], device=device)
+        valid = qmask[:, None, :, None] & cmask[None, :, None, :]
+        out.append(reduce_pairs(block_distances(q, c), redux, valid)[0].cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
 def clews_distance_matrix(store: Store, split: DatasetSplit, redux: str = "bpwr-5", block: int = 32,
                           device: str | torch.device = "cpu", workers: Workers | None = None) -> DistanceMatrix | None:
     """All-against-all matrix of the split's versions that are in the store (queries = candidates),

@@ -176,7 +176,7 @@ def _run_part(s: ClewsExtractOptions, versions: list[Version], rank: int, model:
 
 
 def split_for(s: ClewsExtractOptions) -> DatasetSplit:
-    split = load_split(s.dataset, s.split, s.metadata, s.audio_dir)
+    split = load_split(s.dataset, s.split, s.metadata, s.audio_dir, labelled_only=False)
     if s.dataset != "csv" and s.audio_dir is None:
         raise UserError(f"--audio-dir is needed to find the audio of dataset {s.dataset!r}")
     return split

@@ -85,6 +85,19 @@ def embed_chunks(model: torch.nn.Module, features: Store, groups: Sequence[Seque
     return empty
 
 
+@torch.no_grad()
+def embed_rows(model: torch.nn.Module, rows: np.ndarray, opts: EmbedOptions) -> np.ndarray:
+    """L2-normalised float32 embeddings (chunks × zdim) of one song's feature rows, cut and
+    embedded as ``embed_chunks`` does (an audio query is scored like a stored song)."""
+    model.eval()
+    features = torch.from_numpy(np.asarray(rows, dtype=np.float32))
+    chunks = [features[a:b] for a, b in chunk_spans(features.shape[0], opts.chunk, opts.overlap)]
+    if not chunks:
+        return np.zeros((0, 0), np.float32)
+    return torch.cat([_embed(model, chunks[i:i + opts.batch_size])
+                      for i in range(0, len(chunks), opts.batch_size)]).numpy()
+
+
 def _flush(model: torch.nn.Module, pending: list[tuple[str, int]], chunks: list[torch.Tensor],
            cache: StoreWriter, opts: EmbedOptions) -> None:
     z = torch.cat([_embed(model, chunks[i:i + opts.batch_size]) for i in range(0, len(chunks), opts.batch_size)])

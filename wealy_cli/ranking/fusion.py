@@ -183,24 +183,45 @@ def _clique_map(m: Any, side: str) -> dict[str, str]:
 def normalize(d: np.ndarray, method: Normalization, exclude: np.ndarray | None = None) -> np.ndarray:
     """``d`` normalised by ``method``; ``exclude`` (bool, same shape) marks entries, such as a
     query's own entry, left out of the statistics."""
+    return apply_normalization(d, method, normalization_stats(d, method, exclude))
+
+
+def normalization_stats(d: np.ndarray, method: Normalization, exclude: np.ndarray | None = None) -> dict[str, Any]:
+    """What ``method`` needs to know of a matrix: mean and standard deviation of its finite
+    entries (``exclude`` left out) for zscore, its sorted finite entries for rank. Catalogue search
+    keeps these for the index's matrix and normalises each query's distances with them."""
+    d = np.where(np.isnan(d), np.inf, np.asarray(d, dtype=np.float64))
+    finite = np.isfinite(d)
+    if method == "none":
+        return {}
+    if method == "zscore":
+        values = d[finite & ~exclude] if exclude is not None else d[finite]
+        return {"count": int(values.size), "mean": float(values.mean()) if values.size else 0.0,
+                "std": float(values.std()) if values.size else 0.0}
+    if method == "rank":
+        return {"sorted": np.sort(d[finite])}
+    raise UserError(f"--normalize {method!r}: choose none, zscore or rank")
+
+
+def apply_normalization(d: np.ndarray, method: Normalization, stats: dict[str, Any]) -> np.ndarray:
+    """``d`` normalised with ``normalization_stats`` (of ``d`` itself, or of a reference matrix).
+    Non-finite entries (NaN counts as +inf) stay +inf."""
     d = np.where(np.isnan(d), np.inf, np.asarray(d, dtype=np.float64))
     if method == "none":
         return d
     finite = np.isfinite(d)
-    stats = finite & ~exclude if exclude is not None else finite
-    values = d[stats]
     if method == "zscore":
-        if values.size == 0:
+        if stats["count"] == 0:
             return d
-        std = values.std()
-        out = (d - values.mean()) / (std if std > 0 else 1.0)
+        std = stats["std"]
+        out = (d - stats["mean"]) / (std if std > 0 else 1.0)
         return np.where(finite, out, np.inf)
-    if method == "rank":
-        from scipy.stats import rankdata
-
+    if method == "rank":  # the average rank among the reference values (ties averaged), scaled to [0, 1]
+        ref = stats["sorted"]
         out = np.full(d.shape, np.inf)
-        ranks = rankdata(d[finite], method="average")
-        out[finite] = (ranks - 1) / max(len(ranks) - 1, 1)
+        left = np.searchsorted(ref, d[finite], side="left")
+        right = np.searchsorted(ref, d[finite], side="right")
+        out[finite] = (left + right - 1) / 2 / max(len(ref) - 1, 1)
         return out
     raise UserError(f"--normalize {method!r}: choose none, zscore or rank")
 

@@ -92,14 +92,7 @@ class SongSet:
                 width = max(width, int(self.n_chunks[self.order[stop]]))
                 stop += 1
             index = self.order[start:stop]
-            dim = np.asarray(embeddings[index[0]]).shape[1]
-            chunks = torch.zeros((len(index), width, dim), dtype=torch.float32)
-            for row, song in enumerate(index):
-                e = torch.from_numpy(np.asarray(embeddings[song], dtype=np.float32))
-                chunks[row, :len(e)] = F.normalize(e, dim=-1)  # fp16 storage → renormalise in fp32
-            n_chunks = torch.from_numpy(self.n_chunks[index])
-            valid = torch.arange(width)[None, :] < n_chunks[:, None]
-            yield Tile(index, chunks, valid, n_chunks, torch.from_numpy(self.clique_ids[index]))
+            yield make_tile([embeddings[s] for s in index], index, self.clique_ids[index])
             start = stop
 
     def on(self, device: str | torch.device | None) -> list[Tile]:
@@ -108,6 +101,21 @@ class SongSet:
 
     def tile_pairs(self) -> list[tuple[int, int]]:
         return [(i, j) for i in range(len(self.tiles)) for j in range(i, len(self.tiles))]
+
+
+def make_tile(embeddings: Sequence[np.ndarray], index: np.ndarray, clique_ids: np.ndarray) -> Tile:
+    """Songs as one padded tile; rows renormalised in float32 (float16 storage moved them off
+    the unit sphere)."""
+    n_chunks = np.array([len(e) for e in embeddings], dtype=np.int64)
+    width = int(n_chunks.max())
+    flat = F.normalize(torch.from_numpy(np.concatenate(embeddings).astype(np.float32, copy=False)), dim=-1)
+    chunks = torch.zeros((len(embeddings), width, flat.shape[1]), dtype=torch.float32)
+    song = np.repeat(np.arange(len(embeddings)), n_chunks)
+    row = np.arange(len(flat)) - np.repeat(np.cumsum(n_chunks) - n_chunks, n_chunks)
+    chunks[torch.from_numpy(song), torch.from_numpy(row)] = flat
+    counts = torch.from_numpy(n_chunks)
+    valid = torch.arange(width)[None, :] < counts[:, None]
+    return Tile(np.asarray(index), chunks, valid, counts, torch.from_numpy(np.asarray(clique_ids, dtype=np.int64)))
 
 
 def song_distances(a: Tile, b: Tile, topk: int) -> torch.Tensor:
@@ -130,6 +138,35 @@ def song_distances(a: Tile, b: Tile, topk: int) -> torch.Tensor:
     best = sims.topk(k, dim=2).values
     n_pairs = (a.n_chunks[:, None] * b.n_chunks[None, :]).clamp(max=topk).to(torch.float32)
     return 1.0 - best.masked_fill(torch.isinf(best), 0.0).sum(2) / n_pairs
+
+
+def song_distances_to(query: np.ndarray, candidates: Sequence[np.ndarray], topk: int,
+                      tile_rows: int = TILE_ROWS) -> np.ndarray:
+    """(len(candidates),) float32 distances of one song to each candidate, by ``song_distances``
+    (the numbers of a row of ``dense_distances``); candidates are tiled by chunk count, as SongSet
+    tiles songs, and computed on one thread (small products: threads cost more than they give)."""
+    n = len(candidates)
+    out = np.empty(n, np.float32)
+    if not n:
+        return out
+    q = make_tile([query], np.zeros(1, np.int64), np.zeros(1, np.int64))
+    counts = np.array([len(c) for c in candidates], dtype=np.int64)
+    order = np.argsort(counts, kind="stable")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = 0
+        while start < n:  # tiles of about tile_rows padded chunk rows (sorted counts: the last is the widest)
+            stop = min(n, start + max(1, tile_rows // int(counts[order[start]])))
+            while stop > start + 1 and (stop - start) * int(counts[order[stop - 1]]) > tile_rows:
+                stop -= 1
+            index = order[start:stop]
+            tile = make_tile([candidates[i] for i in index], index, np.zeros(len(index), np.int64))
+            out[index] = song_distances(q, tile, topk)[0].numpy()
+            start = stop
+    finally:
+        torch.set_num_threads(threads)
+    return out
 
 
 @contextlib.contextmanager

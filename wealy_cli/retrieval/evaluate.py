@@ -31,6 +31,7 @@ from wealy_cli.core.store import Store, StoreWriter, settings_hash
 from wealy_cli.ranking.chunks import embed_chunks, embedding_groups
 from wealy_cli.ranking.matrixfile import MatrixFormat
 from wealy_cli.ranking.metrics import Metrics
+from wealy_cli.ranking.options import EmbedOptions
 from wealy_cli.ranking.tiles import (
     ROW_BLOCK_BYTES,
     TILE_ROWS,
@@ -67,27 +68,33 @@ class Prepared:
 
 def resolve_model_path(opts: ModelSource) -> Path:
     """``--checkpoint`` as given, or ``--model NAME`` through the models registry."""
-    if (opts.checkpoint is None) == (opts.model is None):
+    return model_path(opts.checkpoint, opts.model)
+
+
+def model_path(checkpoint: Path | None, model: str | None) -> Path:
+    """The weights of ``--checkpoint PATH`` or of the published ``--model NAME`` (exactly one)."""
+    if (checkpoint is None) == (model is None):
         raise UserError("give exactly one of --checkpoint PATH or --model NAME")
-    if opts.checkpoint is not None:
-        return Path(opts.checkpoint)
+    if checkpoint is not None:
+        return Path(checkpoint)
     try:
         from wealy_cli.model.hub import resolve_model
     except ImportError as err:  # the registry ships separately in some builds
         raise UserError("--model needs the models registry (wealy_cli.model.hub); use --checkpoint PATH") from err
-    return Path(resolve_model(str(opts.model)))
+    return Path(resolve_model(str(model)))
 
 
-def published_model_flags(model: str | None, flags: dict[str, Any]) -> dict[str, Any]:
+def published_model_flags(model: str | None, flags: dict[str, Any], own_dataset: bool = True) -> dict[str, Any]:
     """With ``--model NAME``, the model decides the dataset (and chunk/topk unless given as flags);
-    the user supplies data locations only. A ``--dataset`` that contradicts the model is an error."""
+    the user supplies data locations only. A ``--dataset`` that contradicts the model is an error.
+    ``own_dataset`` False (a catalogue index: any collection may be indexed) takes chunk/topk only."""
     if not model:
         return flags
     from wealy_cli.model.hub import model_info
 
     implied = model_info(model).data_settings()
     merged = dict(flags)
-    dataset = implied.get("dataset")
+    dataset = implied.get("dataset") if own_dataset else None
     if dataset:
         if flags.get("dataset") not in (None, dataset):
             raise UserError(f"--dataset {flags['dataset']} contradicts --model {model}, which was trained "
@@ -120,6 +127,32 @@ def load_data(opts: ModelOnSplit) -> tuple[Store, DatasetSplit]:
     return features, kept
 
 
+def chunk_cache_dir(cache_root: Path, model_path: Path, features: Store, chunk: int,
+                    overlap: float) -> tuple[Path, dict[str, Any]]:
+    """The chunk-embedding cache of (weights, feature store settings, chunking) under ``cache_root``
+    and its settings: ``evaluate``, ``distances`` and ``index build`` share it."""
+    settings = {"weights": weights_digest(model_path), "features": features.manifest.get("settings_hash"),
+                "chunk": chunk, "overlap": overlap}
+    return Path(cache_root) / settings_hash(settings), settings
+
+
+def check_model_fits(features: Store, input_channels: int) -> None:
+    if input_channels != features.dim:
+        raise UserError(f"--store {features.directory}: features have dim {features.dim}, the model expects "
+                        f"{input_channels} (--checkpoint/--model and --store do not belong together)")
+
+
+def fill_chunk_cache(model: torch.nn.Module, zdim: int, features: Store, keys: list[str], cache_dir: Path,
+                     cache_settings: dict[str, Any], opts: EmbedOptions, workers: Workers | None = None) -> list[str]:
+    """Embed this worker's share of ``keys`` not yet in the cache (the caller holds its run lock);
+    returns the keys without feature rows."""
+    workers = workers or Workers()
+    with StoreWriter(cache_dir, zdim, writer=f"w{workers.rank}", settings=cache_settings,
+                     kind="chunk-embeddings") as writer:
+        groups = workers.share(embedding_groups(features, keys, opts))
+        return embed_chunks(model, features, groups, writer, opts, check=workers.check)
+
+
 def prepare(opts: ModelOnSplit, cache_root: Path, workers: Workers | None = None) -> Prepared:
     """Embed the split's songs (this worker: every world-th group) into the chunk cache under
     ``cache_root``, then load them all.
@@ -132,20 +165,13 @@ def prepare(opts: ModelOnSplit, cache_root: Path, workers: Workers | None = None
     workers = workers or Workers()
     model_path = resolve_model_path(opts)
     features, split = load_data(opts)
-    cache_settings = {"weights": weights_digest(model_path), "features": features.manifest.get("settings_hash"),
-                      "chunk": opts.chunk, "overlap": opts.overlap}
-    cache_dir = cache_root / settings_hash(cache_settings)
+    cache_dir, cache_settings = chunk_cache_dir(cache_root, model_path, features, opts.chunk, opts.overlap)
     model, cfg = load_model(model_path)
-    if cfg.input_channels != features.dim:
-        raise UserError(f"--store {opts.store}: features have dim {features.dim}, the model expects "
-                        f"{cfg.input_channels} (--checkpoint/--model and --store do not belong together)")
+    check_model_fits(features, cfg.input_channels)
     model.to(workers.device)
     workers.check_same(split.keys, "the versions to embed (--store, --dataset, --split, --metadata)")
     with workers.lock(cache_dir, "chunk-embedding cache", wait=True):
-        with StoreWriter(cache_dir, cfg.zdim, writer=f"w{workers.rank}", settings=cache_settings,
-                         kind="chunk-embeddings") as writer:
-            groups = workers.share(embedding_groups(features, split.keys, opts))
-            empty = embed_chunks(model, features, groups, writer, opts, check=workers.check)
+        empty = fill_chunk_cache(model, cfg.zdim, features, split.keys, cache_dir, cache_settings, opts, workers)
         workers.barrier()  # every rank's shards are in before rank 0 unlocks
     cache = Store(cache_dir)
     failed = set(cache.failures())

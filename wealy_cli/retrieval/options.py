@@ -1,5 +1,5 @@
-"""Options of the retrieval stage: evaluating a model on a split, its distance matrix, and the
-transcription baselines."""
+"""Options of the retrieval stage: evaluating a model on a split, its distance matrix, the
+transcription baselines, and catalogue search (index and search)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,21 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, model_validator
 
-from wealy_cli.clews.options import ClewsDistanceOptions
+from wealy_cli.clews.options import ClewsDistanceOptions, Redux
 from wealy_cli.core.launch import DeviceOptions, NodeOptions
-from wealy_cli.core.settings import CommaList, CreatableDir, DataSettings, ExistingDir, ExistingPath, Options, option
-from wealy_cli.ranking.options import EmbedOptions, TieOptions
+from wealy_cli.core.settings import (
+    CommaList,
+    CreatableDir,
+    DatasetName,
+    DataSettings,
+    ExistingDir,
+    ExistingFile,
+    ExistingPath,
+    Options,
+    argument,
+    option,
+)
+from wealy_cli.ranking.options import ChunkOptions, EmbedOptions, TieOptions
 
 BASELINES = ("sbert", "tfidf-cosine", "tfidf-lucene", "bm25", "ideal", "random", "modified-ideal",
              "modified-random")
@@ -98,3 +109,113 @@ class BaselinesRun(DataSettings, BaselineOptions):
                                     shown_default="all")
     save_distances: bool = option(False, "Also write each baseline's matrix (for 'wealy fuse').")
     distance_format: Literal["npz", "hdf5", "pickle"] = option("npz", "Format of the saved matrices.")
+
+
+# ---------------------------------------------------------------- catalogue search
+
+INDEX_KINDS = ("flat", "ivf-pq", "hnsw")
+
+
+class IndexKindOptions(Options):
+    """The FAISS index of the chunk embeddings. An approximate kind only proposes candidate songs;
+    their distances are always computed exactly."""
+
+    kind: Literal["flat", "ivf-pq", "hnsw"] = option(
+        "flat", "flat: exact inner product; ivf-pq: inverted lists of product-quantised chunks, for large "
+        "catalogues (64 bytes a chunk); hnsw: a graph over float32 chunks.")
+    nlist: int = option(0, "ivf-pq: inverted lists; 0 = about 4·√chunks.", ge=0)
+    m: int = option(64, "ivf-pq: sub-quantizers, bytes per chunk at 8 bits; must divide the embedding size.", ge=1)
+    nbits: int = option(8, "ivf-pq: bits per sub-quantizer code.", ge=1, le=16)
+    opq: bool = option(True, "ivf-pq: learn a rotation (OPQ) before quantising: better recall at the same "
+                       "--nprobe.")
+    nprobe: int = option(64, "ivf-pq: lists visited per query chunk (the default of 'wealy search').", ge=1)
+    hnsw_m: int = option(32, "hnsw: neighbours per graph node.", ge=2)
+    ef_construction: int = option(80, "hnsw: search breadth while adding chunks.", ge=1)
+    ef_search: int = option(128, "hnsw: search breadth while searching (the default of 'wealy search').", ge=1)
+    train_size: int = option(0, "ivf-pq: chunks sampled to train the codebooks; 0 = 40 per list, at least 65,536.",
+                             ge=0)
+
+
+class FaissThreads(Options):
+    threads: int = option(0, "FAISS (OpenMP) threads; 0 = one per core.", ge=0)
+
+
+class CatalogueSongs(Options):
+    """Which songs go into an index, and with what labels and metadata."""
+
+    store: ExistingDir = option(help="Feature store of the songs (from 'wealy extract whisper').")
+    dataset: DatasetName | None = option(
+        None, "Index the songs of this dataset's split found in the store, with its labels and metadata: shs, "
+        "lyric-covers, discogs-vi or csv (a catalogue CSV needs only a 'path' column).",
+        shown_default="every song of the store")
+    split: Literal["train", "val", "test", "all"] = option("all", "With --dataset: train, val, test or all.")
+    metadata: ExistingPath | None = option(
+        None, "Split files (folder) or the collection CSV for --dataset csv.",
+        shown_default="bundled split files for shs and lyric-covers")
+    audio_dir: ExistingDir | None = option(None, "Folder with the audio files (relative CSV paths: the CSV's folder).")
+    batch_size: int = option(32, "Chunks per model call.", ge=1)
+    cache: CreatableDir | None = option(None, "Folder of chunk-embedding caches (shared with evaluate and "
+                                        "distances; kept).", shown_default="INDEX/.cache, removed once built")
+    clews_store: ExistingDir | None = option(
+        None, "CLEWS store of the same songs (from 'wealy extract clews'): the index keeps their audio embeddings "
+        "so that 'wealy search --alpha' fuses lyrics and audio.")
+    clews_redux: Redux = option("bpwr-5", "CLEWS song distance from shingle-pair distances: bpwr-K, min or mean.")
+    fusion_sample: int = option(1000, "Songs whose all-against-all distances give the fusion normalisation "
+                                "statistics (all of them when the index has fewer).", ge=2)
+
+
+class IndexBuildRun(ModelSource, ChunkOptions, CatalogueSongs, IndexKindOptions, FaissThreads):
+    """``wealy index build``: a feature store's songs → chunk embeddings → a search index."""
+
+    output: CreatableDir = option(help="Index directory to create (or to resume an interrupted build in).",
+                                  short="-o")
+    model: str | None = option(None, "A published model (see 'wealy models list') instead of --checkpoint; it "
+                               "also sets --chunk and --topk unless given.")
+
+
+class IndexAddRun(CatalogueSongs, FaissThreads):
+    """``wealy index add``: more songs into an index, with its checkpoint and chunking, no retraining."""
+
+    index: ExistingDir = argument(help="Index directory (from 'wealy index build').")
+    checkpoint: ExistingPath | None = option(None, "The index's model, if it moved (checked against the weights "
+                                             "digest the index records).", shown_default="the index's")
+    model: str | None = option(None, "The index's published model, instead of --checkpoint.")
+
+
+class SearchOptions(FaissThreads):
+    """How a query is ranked against the index."""
+
+    top: int = option(10, "Results per query.", ge=1)
+    probe: int = option(100, "Nearest indexed chunks fetched per query chunk; their songs are the candidates "
+                        "(raised for an exact top with the flat index and topk 1).", ge=1)
+    topk: int | None = option(None, "Song distance: mean of the k smallest chunk-pair cosine distances.", ge=1,
+                              shown_default="the index's")
+    nprobe: int | None = option(None, "ivf-pq: lists visited per query chunk.", ge=1, shown_default="the index's")
+    ef_search: int | None = option(None, "hnsw: search breadth.", ge=1, shown_default="the index's")
+    alpha: float = option(0.0, "Weight of the CLEWS (audio) distance: fused = lyrics + alpha · audio, both "
+                          "normalised by --normalize (needs an index built with --clews-store).", ge=0.0)
+    normalize: Literal["none", "zscore", "rank"] = option(
+        "none", "Normalisation of each distance before fusing, as 'wealy fuse' does, with the statistics of the "
+        "index's all-against-all matrix.")
+
+
+class SearchRun(SearchOptions):
+    """``wealy search``: the indexed songs nearest to each query."""
+
+    index: ExistingDir = argument(help="Index directory (from 'wealy index build').")
+    query: list[ExistingFile] = argument([], help="Audio files to search with (extracted with the index's "
+                                         "Whisper settings, embedded with its checkpoint).")
+    key: str | None = option(None, "Search with a song already in the index, by key (it comes back too, at ~0).")
+    queries: ExistingFile | None = option(None, "CSV with a column 'path' of audio files to search with.")
+    checkpoint: ExistingPath | None = option(None, "The index's model, if it moved (checked against the weights "
+                                             "digest the index records).", shown_default="the index's")
+    clews_checkpoint: ExistingFile | None = option(None, "CLEWS checkpoint that embeds audio queries for --alpha "
+                                                   "(the one the index's CLEWS store was made with).")
+    format: Literal["table", "json", "csv"] = option("table", "table (on screen), or json / csv on stdout.")
+
+    @model_validator(mode="after")
+    def _some_query(self) -> SearchRun:
+        given = bool(self.query) + (self.key is not None) + (self.queries is not None)
+        if given != 1:
+            raise ValueError("give audio files (QUERY...), --key KEY or --queries FILE.csv: exactly one of them")
+        return self

@@ -29,7 +29,7 @@ from wealy_cli.core.errors import UserError
 from wealy_cli.core.launch import Workers, launch, resolve_devices
 from wealy_cli.core.store import StoreWriter
 from wealy_cli.whisper.model import Whisper, decoder_rows, load_ct2_whisper, load_transformers_whisper
-from wealy_cli.whisper.options import WhisperExtractOptions
+from wealy_cli.whisper.options import WhisperExtractOptions, WhisperFeatureOptions
 from wealy_cli.whisper.sources import locate_whisper
 from wealy_cli.whisper.transcribe import DecodeOptions, Transcriber, Transcript, open_model, transcribe_many
 
@@ -70,7 +70,7 @@ class LoadedModels:
     reuse_encoder_output: bool = False
 
 
-def load_models(settings: WhisperExtractOptions, device: torch.device, threads: int) -> LoadedModels:
+def load_models(settings: WhisperFeatureOptions, device: torch.device, threads: int) -> LoadedModels:
     ct2_dir, torch_dir, kind = locate_whisper(settings.model)
     on_gpu = device.type == "cuda"
     compute_type = resolved_compute_type(settings.compute_type, on_gpu)
@@ -119,7 +119,8 @@ def work_list(settings: WhisperExtractOptions) -> list[Version]:
     versions: dict[str, Version] = {}
     for split in splits:
         try:
-            part = load_split(settings.dataset, split, settings.metadata, settings.audio_dir, check_audio=False)
+            part = load_split(settings.dataset, split, settings.metadata, settings.audio_dir, check_audio=False,
+                              labelled_only=False)  # a catalogue CSV has unlabelled rows
         except MissingSplitError:
             if settings.split != "all":
                 raise
@@ -244,7 +245,8 @@ def _write_features(pending: list[_Pending], network: Whisper, settings: Whisper
                    duration=round(t.duration, 3), no_lyrics=no_lyrics,
                    windows=[{"start": round(w.start, 3), "end": round(w.end, 3), "rows": len(r),
                              "prompt_tokens": w.n_prompt, "tokens": w.tokens, "temperature": w.temperature,
-                             "no_speech": w.no_speech} for w, r in zip(t.windows, parts)])
+                             "no_speech": w.no_speech} for w, r in zip(t.windows, parts)],
+                   **({"metadata": dict(item.version.meta)} if item.version.meta else {}))
         summary.stored += 1
         summary.no_lyrics += no_lyrics
         summary.audio_seconds += t.duration
@@ -279,6 +281,27 @@ def window_features(network: Whisper, windows: list, features: str = "decoder",
                     (rows,) = decoder_rows(network, None, [window.tokens], audio_features=encoded[j:j + 1])
                     out.append(rows.numpy())
     return out
+
+
+def recorded_options(content: dict) -> WhisperFeatureOptions:
+    """The feature options a store's manifest records (``content_settings``), so that a query
+    song is extracted exactly as the store's songs were."""
+    return WhisperFeatureOptions(**{k: v for k, v in content.items() if k in WhisperFeatureOptions.model_fields})
+
+
+def song_features(models: LoadedModels, settings: WhisperFeatureOptions, audio: np.ndarray,
+                  batch_size: int = 8) -> np.ndarray:
+    """Feature rows (float32) of one decoded song, computed as ``extract_share`` computes a stored
+    song's; AudioError when Whisper cannot take it."""
+    options = DecodeOptions(language=settings.language, initial_prompt=settings.prompt or None)
+    ((_, transcript),) = transcribe_many(models.transcriber, [(0, audio)], options, 1,
+                                         keep_encoder_output=models.reuse_encoder_output)
+    if isinstance(transcript, Exception):
+        raise AudioError(str(transcript))
+    if not transcript.windows:
+        raise AudioError("too short for Whisper (under one 10 ms frame)")
+    rows = window_features(models.network, transcript.windows, settings.features, batch_size)
+    return np.concatenate(rows, axis=0)
 
 
 @contextmanager
