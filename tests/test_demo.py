@@ -41,16 +41,23 @@ def test_demo_runs_every_step_then_skips_them(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     run = tmp_path / "run"
     summary = json.loads((run / "comparison.json").read_text())
-    assert [s["step"] for s in summary["steps"]] == ["extract whisper", "extract sbert", "baselines", "train",
-                                                     "evaluate", "distances", "fuse"]
+    assert [s["step"] for s in summary["steps"]] == ["extract whisper", "extract sbert", "baselines", "baselines val",
+                                                     "train", "evaluate", "distances", "distances val", "fuse val",
+                                                     "fuse"]
     assert not any(s["skipped"] for s in summary["steps"])
     rows = {r["method"].split(" (")[0]: r for r in summary["rows"]}
     assert rows["ideal"]["map"] == 1.0  # oracle: every same-clique candidate first
-    wealy, fused = rows["WEALY"], next(r for r in summary["rows"] if r["kind"] == "fusion")
-    assert fused["map"] >= wealy["map"] - 1e-9  # the weight grid holds 0, which is WEALY alone
+    wealy, fused = rows["WEALY late interaction"], next(r for r in summary["rows"] if r["kind"] == "fusion")
+    val_fusion = json.loads((run / "fuse-val" / "fusion_summary.json").read_text())["best"]
+    alpha = next(iter(val_fusion["weights"].values()))
+    assert f"α={alpha:g} chosen on val" in fused["method"]  # test is fused at the weight validation picked
+    if alpha == 0:
+        assert fused["map"] == pytest.approx(wealy["map"])
+    assert summary["training"]["epochs"] >= 1 and 0 <= summary["training"]["best_epoch"] <= 2
     assert (run / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for path in ("stores/whisper/manifest.json", "stores/sbert/manifest.json", "baselines/baseline_results.json",
-                 "train/best.safetensors", "evaluate/results.json", "evaluate/wealy-test.npz",
+                 "train/best.safetensors", "evaluate/results.json", "evaluate/wealy-test.npz", "evaluate/wealy-val.npz",
+                 "baselines-val/baseline_results.json", "fuse-val/fusion_summary.json",
                  "fuse/fusion_results.csv", "settings.yaml"):
         assert (run / path).is_file(), path
 

@@ -42,9 +42,13 @@ def splits(store_dir: Path, csv_path: Path):
 def brute_force_map(z: np.ndarray, cliques: list[str]) -> float:
     """Mean AP with a full sort per query (self excluded, ties by index)."""
     z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    return brute_force_map_of(1 - z @ z.T, cliques)
+
+
+def brute_force_map_of(distances: np.ndarray, cliques: list[str]) -> float:
     aps = []
-    for q in range(len(z)):
-        order = [j for j in np.argsort(1 - z @ z[q], kind="stable") if j != q]
+    for q in range(len(distances)):
+        order = [j for j in np.argsort(distances[q], kind="stable") if j != q]
         hits, precisions = 0, []
         for rank, j in enumerate(order, 1):
             if cliques[j] == cliques[q]:
@@ -58,7 +62,7 @@ def test_learning_lifts_validation_map_from_chance(tmp_path):
     store_dir, csv_path = build_separable(tmp_path)
     store, train_split, val_split = splits(store_dir, csv_path)
     opts = recipe(store_dir, tmp_path / "run", dropout=0.0, batch_size=16, chunk=16, max_epochs=8, warmup_epochs=1,
-                  lr=5e-3)
+                  lr=5e-3, val_mode="first")
     result = train(opts, store, train_split, val_split)
     maps = [row["val_map"] for row in result.history]
     assert maps[0] < 0.5  # untrained: near chance (1 relevant among 23)
@@ -79,6 +83,30 @@ def test_learning_lifts_validation_map_from_chance(tmp_path):
     # A second run into the same directory must not clobber it silently.
     with pytest.raises(UserError, match="--resume"):
         train(opts, store, train_split, val_split)
+
+
+def test_validation_scores_every_chunk_as_evaluate_does(tmp_path):
+    """--val-mode evaluate (the default): each validation song is cut into overlapping chunks and
+    song distance = the smallest chunk-pair distance; the recorded MAP equals a by-hand computation
+    with the saved checkpoint (chunks cut here, not by the library)."""
+    store_dir, csv_path = build_separable(tmp_path, train_cliques=8, val_cliques=6)
+    store, train_split, val_split = splits(store_dir, csv_path)
+    opts = recipe(store_dir, tmp_path / "run", dropout=0.0, batch_size=8, chunk=8, max_epochs=1, warmup_epochs=0,
+                  lr=1e-3, val_overlap=0.5)
+    result = train(opts, store, train_split, val_split)
+    model, _ = load_model(tmp_path / "run" / "last")
+    songs = []
+    with torch.no_grad():
+        for key in val_split.keys:
+            rows = torch.from_numpy(store.read(key).astype(np.float32))
+            starts = list(range(0, len(rows) - 8 + 1, 4)) if len(rows) > 8 else [0]
+            if len(rows) > 8 and starts[-1] + 8 < len(rows):
+                starts.append(len(rows) - 8)  # the tail-aligned last chunk
+            z = torch.cat([model(rows[s:s + 8][None]) for s in starts]).numpy()
+            songs.append(z / np.linalg.norm(z, axis=1, keepdims=True))
+    assert any(len(s) > 1 for s in songs)  # the case that differs from first-chunk validation
+    distances = np.array([[1 - (a @ b.T).max() for b in songs] for a in songs])
+    assert result.history[-1]["val_map"] == pytest.approx(brute_force_map_of(distances, val_split.cliques), abs=1e-6)
 
 
 def test_sampling_is_deterministic_and_partitions_global_batches(tmp_path):

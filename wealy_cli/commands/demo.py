@@ -33,10 +33,13 @@ def demo(settings: DemoSettings) -> None:
     write_resolved(settings, run)
     rows = pipeline.comparison()
     figure = plot_comparison(rows, run / "comparison.png", title=f"wealy, {pipeline.collection.parent.name}")
-    (run / "comparison.json").write_text(json.dumps({"rows": rows, "steps": [
+    training = pipeline.training()
+    (run / "comparison.json").write_text(json.dumps({"rows": rows, "training": training, "steps": [
         {"step": s.name, "seconds": s.seconds, "skipped": s.skipped} for s in steps]}, indent=2))
     ui.show(ui.table("steps", ("step", "time"), [
         (s.name, "skipped (done)" if s.skipped else f"{s.seconds:.1f} s") for s in steps]))
     ui.show(ui.metrics_table(f"demo: {pipeline.collection.name}, test split",
                              {f"{r['method']} ({r['kind']})": r for r in rows}))
+    ui.console.print(f"training: best epoch {training['best_epoch']} of {training['epochs']}, validation MAP "
+                     f"{training['val_map_untrained']:.3f} untrained → {training['val_map_best']:.3f}", highlight=False)
     ui.console.print(f"figure: {figure}\nresults: {run / 'comparison.json'}", highlight=False)

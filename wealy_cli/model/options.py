@@ -12,7 +12,7 @@ from pydantic import model_validator
 
 from wealy_cli.core.launch import DeviceOptions, NodeOptions
 from wealy_cli.core.settings import CreatableDir, DataSettings, ExistingDir, Options, SplitName, option
-from wealy_cli.ranking.options import PAPER_CHUNK, TieOptions
+from wealy_cli.ranking.options import PAPER_CHUNK, ChunkOptions, TieOptions
 
 
 class ArchitectureOptions(Options):
@@ -80,6 +80,13 @@ class TrainOptions(ArchitectureOptions, LossOptions, TieOptions):
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = option(
         "auto", "auto = bf16-mixed on GPU, 32 on CPU.")
     seed: int = option(42, "Random seed (order, crops, initialisation).")
+    val_mode: Literal["evaluate", "first"] = option(
+        "evaluate", "Validation scoring of a pooled model (late interaction always scores every sung row): evaluate "
+        "(every validation version cut into --chunk-row chunks overlapping by --val-overlap, song distance = mean of "
+        "the --val-topk smallest chunk distances, as 'wealy evaluate') or first (each version's first --chunk rows "
+        "only, as the original code).")
+    val_overlap: float = ChunkOptions.model_fields["overlap"]
+    val_topk: int = ChunkOptions.model_fields["topk"]
 
 
 class TrainRun(DataSettings, TrainOptions, DeviceOptions, NodeOptions):

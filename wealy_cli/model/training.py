@@ -58,7 +58,8 @@ from wealy_cli.model.network import ModelConfig, build_model, count_parameters, 
 from wealy_cli.model.options import TrainOptions, TrainRun
 from wealy_cli.ranking.late import late_distance_matrix, late_similarity_rows
 from wealy_cli.ranking.metrics import Metrics, comp, retrieval_metrics
-from wealy_cli.whisper.lyrics import sung_rows
+from wealy_cli.ranking.options import EmbedOptions
+from wealy_cli.whisper.lyrics import sung_features, sung_rows
 
 STATE = "state.pt"
 METRICS = "metrics.csv"
@@ -108,7 +109,7 @@ def read_rows(store: Store, key: str, sung_only: bool, start: int = 0, stop: int
     """Rows ``start:stop`` of an item: of all its rows, or of the rows of sung tokens only."""
     if not sung_only:
         return store.read(key, start, stop)
-    return store[key][sung_rows(store.attrs(key))][start:stop]
+    return sung_features(store, key)[start:stop]
 
 
 def row_count(store: Store, key: str, sung_only: bool) -> int:
@@ -259,6 +260,28 @@ def embed_validation(fabric: Any, model: torch.nn.Module, store: Store, keys: li
 
 def _plain(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
+
+
+@torch.no_grad()
+def chunked_validation_distances(model: torch.nn.Module, store: Store, keys: list[str], opts: TrainOptions,
+                                 batch: int, sung_only: bool = False) -> np.ndarray:
+    """Distances of the validation songs computed as ``wealy evaluate`` computes them: every song cut
+    into overlapping chunks (``--chunk``, ``--val-overlap``), song distance the mean of the
+    ``--val-topk`` smallest chunk distances (every process computes them all). A song without
+    rows gets one zero chunk (distance 1 to every song)."""
+    from wealy_cli.ranking.chunks import embed_rows
+    from wealy_cli.ranking.tiles import SongSet, assemble_distances, song_distances
+
+    plain = _plain(model)
+    embed = EmbedOptions(chunk=opts.chunk, overlap=opts.val_overlap, topk=opts.val_topk, batch_size=batch)
+    chunks = []
+    for key in keys:
+        z = embed_rows(plain, read_rows(store, key, sung_only), embed)
+        chunks.append(z if len(z) else np.zeros((1, plain.cfg.zdim), np.float32))
+    songs = SongSet(chunks, keys)
+    blocks = ((i, j, song_distances(songs.tiles[i], songs.tiles[j], opts.val_topk).numpy())
+              for i, j in songs.tile_pairs())  # no progress bar: the epoch's own is live
+    return assemble_distances(songs, blocks)
 
 
 @torch.no_grad()
@@ -435,6 +458,9 @@ def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: D
         if model_config.per_row:
             distances = late_validation_distances(fabric, model, store, val_split.keys, val_batch,
                                                   model_config.late_fraction)
+        elif opts.val_mode == "evaluate":
+            distances = chunked_validation_distances(model, store, val_split.keys, opts, val_batch,
+                                                     model_config.text_rows)
         else:
             z = embed_validation(fabric, model, store, val_split.keys, opts.chunk, val_batch, opts.loader_workers,
                                  model_config.text_rows)

@@ -51,13 +51,32 @@ def embedding_groups(features: Store, keys: Sequence[str], opts: EmbedOptions) -
     return [g for g in groups if g]
 
 
+RowReader = Callable[[Store, str], np.ndarray]
+
+
+def all_rows(store: Store, key: str) -> np.ndarray:
+    """Every stored row of an item (what the paper's model reads)."""
+    return np.asarray(store[key])
+
+
+def row_pieces(n_rows: int, chunk: int) -> list[tuple[int, int]]:
+    """Consecutive, non-overlapping spans of at most ``chunk`` rows: how a per-row model (late
+    interaction) is fed a song; its outputs do not depend on the cut."""
+    return [(s, min(s + chunk, n_rows)) for s in range(0, n_rows, chunk)]
+
+
 @torch.no_grad()
 def embed_chunks(model: torch.nn.Module, features: Store, groups: Sequence[Sequence[str]], cache: StoreWriter,
                  opts: EmbedOptions, label: str = "embedding chunks",
-                 check: Callable[[], None] | None = None) -> list[str]:
+                 check: Callable[[], None] | None = None, read: RowReader = all_rows,
+                 per_row: bool = False) -> list[str]:
     """Embed every chunk of the keys (in ``embedding_groups``) not yet in ``cache``; returns the
     keys that had no feature rows (recorded as failures in the cache). ``check`` is called after
-    every group (it raises to stop the run)."""
+    every group (it raises to stop the run).
+
+    ``read`` picks an item's rows (e.g. only those of sung tokens). With ``per_row`` the model
+    embeds every row (late interaction) and the cache holds one vector per row; a song without
+    rows then gets one zero row (it scores 0 with every song) instead of being dropped."""
     model.eval()
     empty: list[str] = []
     total = sum(len(g) for g in groups)
@@ -69,7 +88,10 @@ def embed_chunks(model: torch.nn.Module, features: Store, groups: Sequence[Seque
             for key in group:
                 if key in cache:
                     continue
-                rows = torch.from_numpy(np.asarray(features[key], dtype=np.float32))
+                rows = torch.from_numpy(np.asarray(read(features, key), dtype=np.float32))
+                if per_row:
+                    cache.add(key, _embed_every_row(model, rows, opts))
+                    continue
                 spans = chunk_spans(rows.shape[0], opts.chunk, opts.overlap)
                 if not spans:
                     empty.append(key)
@@ -85,12 +107,30 @@ def embed_chunks(model: torch.nn.Module, features: Store, groups: Sequence[Seque
     return empty
 
 
+def _embed_every_row(model: torch.nn.Module, rows: torch.Tensor, opts: EmbedOptions) -> np.ndarray:
+    """(rows, zdim) L2-normalised row embeddings of one song; one zero row when it has none."""
+    pieces = [rows[a:b] for a, b in row_pieces(rows.shape[0], opts.chunk)]
+    out = []
+    for i in range(0, len(pieces), opts.batch_size):
+        batch = pieces[i:i + opts.batch_size]
+        x, mask = pad_sequences(batch, device=next(model.parameters()).device)
+        z = F.normalize(model(x, mask).float(), dim=-1).cpu()
+        out.extend(z[j, :len(p)] for j, p in enumerate(batch))
+    if not out:
+        zdim = int(model.cfg.zdim)
+        return np.zeros((1, zdim), np.float32)
+    return torch.cat(out).numpy()
+
+
 @torch.no_grad()
-def embed_rows(model: torch.nn.Module, rows: np.ndarray, opts: EmbedOptions) -> np.ndarray:
-    """L2-normalised float32 embeddings (chunks × zdim) of one song's feature rows, cut and
-    embedded as ``embed_chunks`` does (an audio query is scored like a stored song)."""
+def embed_rows(model: torch.nn.Module, rows: np.ndarray, opts: EmbedOptions, per_row: bool = False) -> np.ndarray:
+    """L2-normalised float32 embeddings (chunks × zdim, or rows × zdim with ``per_row``) of one
+    song's feature rows, cut and embedded as ``embed_chunks`` does (an audio query is scored like
+    a stored song)."""
     model.eval()
     features = torch.from_numpy(np.asarray(rows, dtype=np.float32))
+    if per_row:
+        return _embed_every_row(model, features, opts)
     chunks = [features[a:b] for a, b in chunk_spans(features.shape[0], opts.chunk, opts.overlap)]
     if not chunks:
         return np.zeros((0, 0), np.float32)

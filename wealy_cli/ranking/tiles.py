@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from wealy_cli.core import ui
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.store import Store
+from wealy_cli.ranking.late import late_distances
 from wealy_cli.ranking.metrics import (
     Metrics,
     check_ties,
@@ -55,19 +56,24 @@ class Tile:
     valid: torch.Tensor  # (a, C) bool
     n_chunks: torch.Tensor  # (a,)
     clique_ids: torch.Tensor  # (a,)
+    late_fraction: float | None = None  # set: rows of a late-interaction model, scored by ranking/late.py
 
     def to(self, device: str | torch.device | None) -> Tile:
         """This tile with its tensors on ``device`` (itself when they are there already)."""
         if device is None or torch.device(device) == self.chunks.device:
             return self
         return Tile(self.index, self.chunks.to(device), self.valid.to(device), self.n_chunks.to(device),
-                    self.clique_ids.to(device))
+                    self.clique_ids.to(device), self.late_fraction)
 
 
 class SongSet:
-    """L2-normalised chunk embeddings of songs, with their cliques, cut into tiles."""
+    """L2-normalised chunk embeddings of songs, with their cliques, cut into tiles. With
+    ``late_fraction`` the embeddings are a late-interaction model's rows, and song distances are
+    ``ranking.late.late_distances`` with that fraction instead of top-k chunk distances."""
 
-    def __init__(self, embeddings: Sequence[np.ndarray], cliques: Sequence[str], tile_rows: int = TILE_ROWS):
+    def __init__(self, embeddings: Sequence[np.ndarray], cliques: Sequence[str], tile_rows: int = TILE_ROWS,
+                 late_fraction: float | None = None):
+        self.late_fraction = late_fraction
         if len(embeddings) != len(cliques):
             raise ValueError("one clique per song is needed")
         self.n = len(embeddings)
@@ -92,8 +98,15 @@ class SongSet:
                 width = max(width, int(self.n_chunks[self.order[stop]]))
                 stop += 1
             index = self.order[start:stop]
-            yield make_tile([embeddings[s] for s in index], index, self.clique_ids[index])
+            yield make_tile([embeddings[s] for s in index], index, self.clique_ids[index], self.late_fraction)
             start = stop
+
+    def distance_name(self, topk: int) -> str:
+        """What a song distance is, for results files."""
+        if self.late_fraction is not None:
+            return (f"late interaction: 1 - symmetric mean of the best row matches of the top {self.late_fraction:g} "
+                    "of each song's rows")
+        return f"mean of the {topk} smallest chunk cosine distances"
 
     def on(self, device: str | torch.device | None) -> list[Tile]:
         """The tiles with their tensors on ``device`` (None: where they are, the CPU)."""
@@ -103,7 +116,8 @@ class SongSet:
         return [(i, j) for i in range(len(self.tiles)) for j in range(i, len(self.tiles))]
 
 
-def make_tile(embeddings: Sequence[np.ndarray], index: np.ndarray, clique_ids: np.ndarray) -> Tile:
+def make_tile(embeddings: Sequence[np.ndarray], index: np.ndarray, clique_ids: np.ndarray,
+              late_fraction: float | None = None) -> Tile:
     """Songs as one padded tile; rows renormalised in float32 (float16 storage moved them off
     the unit sphere)."""
     n_chunks = np.array([len(e) for e in embeddings], dtype=np.int64)
@@ -115,11 +129,15 @@ def make_tile(embeddings: Sequence[np.ndarray], index: np.ndarray, clique_ids: n
     chunks[torch.from_numpy(song), torch.from_numpy(row)] = flat
     counts = torch.from_numpy(n_chunks)
     valid = torch.arange(width)[None, :] < counts[:, None]
-    return Tile(np.asarray(index), chunks, valid, counts, torch.from_numpy(np.asarray(clique_ids, dtype=np.int64)))
+    return Tile(np.asarray(index), chunks, valid, counts, torch.from_numpy(np.asarray(clique_ids, dtype=np.int64)),
+                late_fraction)
 
 
 def song_distances(a: Tile, b: Tile, topk: int) -> torch.Tensor:
-    """(len(a), len(b)) float32: 1 − mean of the k largest chunk-pair cosines of each song pair."""
+    """(len(a), len(b)) float32: 1 − mean of the k largest chunk-pair cosines of each song pair
+    (late-interaction tiles: the late distance, and ``topk`` is not used)."""
+    if a.late_fraction is not None:
+        return late_distances(a.chunks, a.valid, b.chunks, b.valid, a.late_fraction)
     if a.chunks.shape[1] == 1 and b.chunks.shape[1] == 1:
         return 1.0 - a.chunks[:, 0] @ b.chunks[:, 0].T
     na, ca, d = a.chunks.shape
@@ -141,7 +159,7 @@ def song_distances(a: Tile, b: Tile, topk: int) -> torch.Tensor:
 
 
 def song_distances_to(query: np.ndarray, candidates: Sequence[np.ndarray], topk: int,
-                      tile_rows: int = TILE_ROWS) -> np.ndarray:
+                      tile_rows: int = TILE_ROWS, late_fraction: float | None = None) -> np.ndarray:
     """(len(candidates),) float32 distances of one song to each candidate, by ``song_distances``
     (the numbers of a row of ``dense_distances``); candidates are tiled by chunk count, as SongSet
     tiles songs, and computed on one thread (small products: threads cost more than they give)."""
@@ -149,7 +167,7 @@ def song_distances_to(query: np.ndarray, candidates: Sequence[np.ndarray], topk:
     out = np.empty(n, np.float32)
     if not n:
         return out
-    q = make_tile([query], np.zeros(1, np.int64), np.zeros(1, np.int64))
+    q = make_tile([query], np.zeros(1, np.int64), np.zeros(1, np.int64), late_fraction)
     counts = np.array([len(c) for c in candidates], dtype=np.int64)
     order = np.argsort(counts, kind="stable")
     threads = torch.get_num_threads()
@@ -161,7 +179,7 @@ def song_distances_to(query: np.ndarray, candidates: Sequence[np.ndarray], topk:
             while stop > start + 1 and (stop - start) * int(counts[order[stop - 1]]) > tile_rows:
                 stop -= 1
             index = order[start:stop]
-            tile = make_tile([candidates[i] for i in index], index, np.zeros(len(index), np.int64))
+            tile = make_tile([candidates[i] for i in index], index, np.zeros(len(index), np.int64), late_fraction)
             out[index] = song_distances(q, tile, topk)[0].numpy()
             start = stop
     finally:
@@ -249,7 +267,7 @@ def _tile_rows(tile: Tile, start: int, stop: int) -> Tile:
     if start == 0 and stop >= len(tile.index):
         return tile
     return Tile(tile.index[start:stop], tile.chunks[start:stop], tile.valid[start:stop],
-                tile.n_chunks[start:stop], tile.clique_ids[start:stop])
+                tile.n_chunks[start:stop], tile.clique_ids[start:stop], tile.late_fraction)
 
 
 # ---------------------------------------------------------------- all-against-all metrics
@@ -378,12 +396,13 @@ def all_against_all(songs: SongSet, topk: int, rank: int = 0, world: int = 1,
     return counts.result(ties)
 
 
-def load_songs(cache: Store, keys: Sequence[str], cliques: Sequence[str], tile_rows: int = TILE_ROWS) -> SongSet:
-    """Chunk embeddings of ``keys`` from a cache store."""
+def load_songs(cache: Store, keys: Sequence[str], cliques: Sequence[str], tile_rows: int = TILE_ROWS,
+               late_fraction: float | None = None) -> SongSet:
+    """Chunk (late interaction: row) embeddings of ``keys`` from a cache store."""
     missing = [k for k in keys if k not in cache]
     if missing:
         raise UserError(f"{cache.directory}: {len(missing)} songs have no chunk embeddings (e.g. {missing[0]!r})")
-    return SongSet([cache[k] for k in keys], cliques, tile_rows)
+    return SongSet([cache[k] for k in keys], cliques, tile_rows, late_fraction)
 
 
 def summary(songs: SongSet) -> dict[str, Any]:

@@ -28,7 +28,8 @@ from wealy_cli.core.errors import UserError
 from wealy_cli.core.files import write_atomically
 from wealy_cli.core.launch import Workers, launch, resolve_devices
 from wealy_cli.core.store import Store, StoreWriter, settings_hash
-from wealy_cli.ranking.chunks import embed_chunks, embedding_groups
+from wealy_cli.model.network import ModelConfig
+from wealy_cli.ranking.chunks import RowReader, all_rows, embed_chunks, embedding_groups
 from wealy_cli.ranking.matrixfile import MatrixFormat
 from wealy_cli.ranking.metrics import Metrics
 from wealy_cli.ranking.options import EmbedOptions
@@ -47,6 +48,7 @@ from wealy_cli.ranking.tiles import (
     summary,
 )
 from wealy_cli.retrieval.options import DistancesRun, EvaluateRun, ModelOnSplit, ModelSource
+from wealy_cli.whisper.lyrics import sung_features
 
 RESULTS = "results.json"
 PER_QUERY = "per_query.csv"
@@ -127,13 +129,25 @@ def load_data(opts: ModelOnSplit) -> tuple[Store, DatasetSplit]:
     return features, kept
 
 
-def chunk_cache_dir(cache_root: Path, model_path: Path, features: Store, chunk: int,
-                    overlap: float) -> tuple[Path, dict[str, Any]]:
-    """The chunk-embedding cache of (weights, feature store settings, chunking) under ``cache_root``
-    and its settings: ``evaluate``, ``distances`` and ``index build`` share it."""
+def chunk_cache_dir(cache_root: Path, model_path: Path, features: Store, chunk: int, overlap: float,
+                    cfg: ModelConfig | None = None) -> tuple[Path, dict[str, Any]]:
+    """The chunk-embedding cache of (weights, feature store settings, chunking, rows read) under
+    ``cache_root`` and its settings: ``evaluate``, ``distances`` and ``index build`` share it."""
     settings = {"weights": weights_digest(model_path), "features": features.manifest.get("settings_hash"),
                 "chunk": chunk, "overlap": overlap}
+    if cfg is not None and (cfg.text_rows or cfg.per_row):  # the paper's models keep their former cache
+        settings.update(rows="text" if cfg.text_rows else "all", per_row=cfg.per_row)
     return Path(cache_root) / settings_hash(settings), settings
+
+
+def late_fraction(cfg: ModelConfig) -> float | None:
+    """The late-interaction fraction songs are scored with (None: chunk distances, ``--topk``)."""
+    return cfg.late_fraction if cfg.per_row else None
+
+
+def song_reader(cfg: ModelConfig) -> RowReader:
+    """The rows a model reads of each song: those of sung tokens, or all."""
+    return sung_features if cfg.text_rows else all_rows
 
 
 def check_model_fits(features: Store, input_channels: int) -> None:
@@ -142,15 +156,16 @@ def check_model_fits(features: Store, input_channels: int) -> None:
                         f"{input_channels} (--checkpoint/--model and --store do not belong together)")
 
 
-def fill_chunk_cache(model: torch.nn.Module, zdim: int, features: Store, keys: list[str], cache_dir: Path,
+def fill_chunk_cache(model: torch.nn.Module, cfg: ModelConfig, features: Store, keys: list[str], cache_dir: Path,
                      cache_settings: dict[str, Any], opts: EmbedOptions, workers: Workers | None = None) -> list[str]:
     """Embed this worker's share of ``keys`` not yet in the cache (the caller holds its run lock);
     returns the keys without feature rows."""
     workers = workers or Workers()
-    with StoreWriter(cache_dir, zdim, writer=f"w{workers.rank}", settings=cache_settings,
+    with StoreWriter(cache_dir, cfg.zdim, writer=f"w{workers.rank}", settings=cache_settings,
                      kind="chunk-embeddings") as writer:
         groups = workers.share(embedding_groups(features, keys, opts))
-        return embed_chunks(model, features, groups, writer, opts, check=workers.check)
+        return embed_chunks(model, features, groups, writer, opts, check=workers.check, read=song_reader(cfg),
+                            per_row=cfg.per_row)
 
 
 def prepare(opts: ModelOnSplit, cache_root: Path, workers: Workers | None = None) -> Prepared:
@@ -165,19 +180,19 @@ def prepare(opts: ModelOnSplit, cache_root: Path, workers: Workers | None = None
     workers = workers or Workers()
     model_path = resolve_model_path(opts)
     features, split = load_data(opts)
-    cache_dir, cache_settings = chunk_cache_dir(cache_root, model_path, features, opts.chunk, opts.overlap)
     model, cfg = load_model(model_path)
+    cache_dir, cache_settings = chunk_cache_dir(cache_root, model_path, features, opts.chunk, opts.overlap, cfg)
     check_model_fits(features, cfg.input_channels)
     model.to(workers.device)
     workers.check_same(split.keys, "the versions to embed (--store, --dataset, --split, --metadata)")
     with workers.lock(cache_dir, "chunk-embedding cache", wait=True):
-        empty = fill_chunk_cache(model, cfg.zdim, features, split.keys, cache_dir, cache_settings, opts, workers)
+        empty = fill_chunk_cache(model, cfg, features, split.keys, cache_dir, cache_settings, opts, workers)
         workers.barrier()  # every rank's shards are in before rank 0 unlocks
     cache = Store(cache_dir)
     failed = set(cache.failures())
     if failed:  # songs without feature rows: drop them and re-apply the ≥ 2 versions rule
         split = split.restrict([k for k in split.keys if k not in failed])
-    songs = load_songs(cache, split.keys, split.cliques, TILE_ROWS)
+    songs = load_songs(cache, split.keys, split.cliques, TILE_ROWS, late_fraction(cfg))
     return Prepared(split, songs, model_path, cache_dir, sorted(failed or empty))
 
 
@@ -208,7 +223,8 @@ def _evaluate(opts: EvaluateRun, workers: Workers) -> EvalResult | None:
     metrics = all_against_all(prep.songs, opts.topk, workers.rank, workers.world, reduce, device=workers.device,
                               ties=opts.ties, check=workers.check)
     seconds = time.perf_counter() - start
-    info = {**summary(prep.songs), "model": str(prep.model_path), "cache": str(prep.cache_dir),
+    info = {**summary(prep.songs), "distance": prep.songs.distance_name(opts.topk),
+            "model": str(prep.model_path), "cache": str(prep.cache_dir),
             "songs without features": len(prep.skipped_empty), "workers": workers.world}
     if not workers.is_main:
         return None
@@ -275,7 +291,7 @@ def _write_model_distances(opts: DistancesRun, fmt: MatrixFormat, memory_limit: 
                             "write it to an .h5 file instead (by row blocks, never whole)")
     prep = prepare(opts, Path(opts.cache or path.parent / "cache"), workers)
     meta = {"model": str(prep.model_path), "dataset": opts.dataset, "split": opts.split, "topk": opts.topk,
-            "chunk": opts.chunk, "overlap": opts.overlap, "distance": "mean of topk smallest chunk cosine distances"}
+            "chunk": opts.chunk, "overlap": opts.overlap, "distance": prep.songs.distance_name(opts.topk)}
     keys, cliques = prep.split.keys, prep.split.cliques
     if fmt == "hdf5":
         with MatrixWriter(path, keys, keys, cliques, cliques, meta) if workers.is_main else nullcontext() as writer:

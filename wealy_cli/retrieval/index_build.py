@@ -145,13 +145,13 @@ def _index_songs(opts: CatalogueSongs, run: Indexing, features: Store,
     report.selected = sum(len(p) for p in parts)
     clews = _clews_source(opts, manifest, todo)
     cache_root = Path(opts.cache) if opts.cache is not None else run.output / CACHE_DIR
-    cache_dir, cache_settings = chunk_cache_dir(cache_root, run.weights, features, run.chunk, run.overlap)
     model, cfg = load_model(run.weights)
+    cache_dir, cache_settings = chunk_cache_dir(cache_root, run.weights, features, run.chunk, run.overlap, cfg)
     check_model_fits(features, cfg.input_channels)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     embed = EmbedOptions(chunk=run.chunk, overlap=run.overlap, topk=run.topk, batch_size=opts.batch_size)
     with run_lock(cache_dir, "chunk-embedding cache", wait=True):  # shared with evaluate and distances
-        fill_chunk_cache(model, cfg.zdim, features, todo, cache_dir, cache_settings, embed)
+        fill_chunk_cache(model, cfg, features, todo, cache_dir, cache_settings, embed)
     cache = Store(cache_dir)
     failed = set(cache.failures())
     report.without_features = sorted(failed & set(todo))
@@ -229,9 +229,11 @@ def _entries(new: list[tuple[DatasetSplit, int]], cache: Store) -> Iterator[Song
 def _index_info(opts: CatalogueSongs, run: Indexing, digest: str, features: Store, cfg: Any) -> dict[str, Any]:
     """What the manifest records once: the model, chunking and the extraction settings."""
     from wealy_cli.model.network import resolve_weights
+    from wealy_cli.retrieval.evaluate import late_fraction
 
     return {"model": {"path": str(resolve_weights(run.weights).resolve()), "name": run.model_name,
-                      "weights_digest": digest, "input_channels": cfg.input_channels, "zdim": cfg.zdim},
+                      "weights_digest": digest, "input_channels": cfg.input_channels, "zdim": cfg.zdim,
+                      "rows": "text" if cfg.text_rows else "all", "late_fraction": late_fraction(cfg)},
             "chunk": run.chunk, "overlap": run.overlap, "topk": run.topk,
             "features": {"store": str(Path(opts.store).resolve()), "kind": features.manifest.get("kind"),
                          "dim": features.dim, "settings": features.settings,
@@ -305,7 +307,8 @@ def _fusion_statistics(directory: Path, manifest: dict[str, Any], sample: int) -
     n = index.n_songs
     songs = np.arange(n) if n <= sample else np.sort(np.random.default_rng(0).choice(n, sample, replace=False))
     keys = [index.record(int(s))["key"] for s in songs]
-    chunks = SongSet([index.chunks(int(s)) for s in songs], keys)
+    chunks = SongSet([index.chunks(int(s)) for s in songs], keys,
+                     late_fraction=manifest["model"].get("late_fraction"))
     lyrics = dense_distances(chunks, int(manifest["topk"]), label="fusion statistics (lyrics)")
     audio = clews_song_distances(Store(directory / CLEWS_DIR), keys, keys, redux=manifest["clews"]["redux"])
     index.close()

@@ -88,6 +88,7 @@ class Searcher:
         self.index = index
         self.opts = opts
         self.topk = int(opts.topk or index.manifest.get("topk") or 1)
+        self.late_fraction = index.manifest.get("model", {}).get("late_fraction")  # a late-interaction index
         set_threads(opts.threads)
         configure_search(index.faiss, index.params, opts.nprobe, opts.ef_search)
         self.clews = None
@@ -98,7 +99,7 @@ class Searcher:
     def probe(self) -> int:
         """Chunks fetched per query chunk (raised for the exact guarantee, see the module doc)."""
         probe = self.opts.probe
-        if self.index.params.kind == "flat" and self.topk == 1:
+        if self.index.params.kind == "flat" and self.topk == 1 and self.late_fraction is None:
             probe = max(probe, (self.opts.top - 1) * int(self.index.manifest.get("max_chunks", 1)) + 1)
         return min(probe, self.index.n_chunks)
 
@@ -114,7 +115,8 @@ class Searcher:
 
         start = time.perf_counter()
         songs = self.candidates(query)
-        lyrics = song_distances_to(query, [self.index.chunks(int(s)) for s in songs], self.topk)
+        lyrics = song_distances_to(query, [self.index.chunks(int(s)) for s in songs], self.topk,
+                                   late_fraction=self.late_fraction)
         audio = None
         distance = lyrics.astype(np.float64)
         if self.clews is not None:
@@ -206,14 +208,14 @@ class AudioQueries:
         from wealy_cli.whisper.extract import song_features
 
         models, settings = self._whisper_models()
+        model, cfg = self._wealy_model()
         try:
-            rows = song_features(models, settings, load_audio(path, settings.max_seconds))
+            rows = song_features(models, settings, load_audio(path, settings.max_seconds), sung_only=cfg.text_rows)
         except AudioError as err:
             raise UserError(f"{path}: cannot be used as a query ({err})") from err
         m = self.index.manifest
-        model = self._wealy_model()
         chunks = embed_rows(model, rows, EmbedOptions(chunk=m["chunk"], overlap=m["overlap"], topk=m["topk"],
-                                                      batch_size=self.batch_size))
+                                                      batch_size=self.batch_size), per_row=cfg.per_row)
         if not len(chunks):
             raise UserError(f"{path}: cannot be used as a query (Whisper gave no feature rows)")
         return chunks.astype(np.float16)  # rounded as the index's songs are
@@ -249,7 +251,7 @@ class AudioQueries:
         if self._model is None:
             from wealy_cli.model.network import load_model
 
-            self._model, _ = load_model(self.checkpoint)
+            self._model = load_model(self.checkpoint)
         return self._model
 
     def _clews_model(self) -> Any:

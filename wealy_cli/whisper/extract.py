@@ -28,6 +28,7 @@ from wealy_cli.core.datasets import MissingSplitError, Version, load_split
 from wealy_cli.core.errors import UserError
 from wealy_cli.core.launch import Workers, launch, resolve_devices
 from wealy_cli.core.store import StoreWriter
+from wealy_cli.whisper.lyrics import sung_rows
 from wealy_cli.whisper.model import Whisper, decoder_rows, load_ct2_whisper, load_transformers_whisper
 from wealy_cli.whisper.options import WhisperExtractOptions, WhisperFeatureOptions
 from wealy_cli.whisper.sources import locate_whisper
@@ -290,9 +291,10 @@ def recorded_options(content: dict) -> WhisperFeatureOptions:
 
 
 def song_features(models: LoadedModels, settings: WhisperFeatureOptions, audio: np.ndarray,
-                  batch_size: int = 8) -> np.ndarray:
+                  batch_size: int = 8, sung_only: bool = False) -> np.ndarray:
     """Feature rows (float32) of one decoded song, computed as ``extract_share`` computes a stored
-    song's; AudioError when Whisper cannot take it."""
+    song's (``sung_only``: only the rows of sung tokens, as ``lyrics.sung_features`` reads a stored
+    song); AudioError when Whisper cannot take it."""
     options = DecodeOptions(language=settings.language, initial_prompt=settings.prompt or None)
     ((_, transcript),) = transcribe_many(models.transcriber, [(0, audio)], options, 1,
                                          keep_encoder_output=models.reuse_encoder_output)
@@ -300,8 +302,11 @@ def song_features(models: LoadedModels, settings: WhisperFeatureOptions, audio: 
         raise AudioError(str(transcript))
     if not transcript.windows:
         raise AudioError("too short for Whisper (under one 10 ms frame)")
-    rows = window_features(models.network, transcript.windows, settings.features, batch_size)
-    return np.concatenate(rows, axis=0)
+    rows = np.concatenate(window_features(models.network, transcript.windows, settings.features, batch_size), axis=0)
+    if sung_only:
+        return rows[sung_rows({"windows": [{"tokens": w.tokens, "prompt_tokens": w.n_prompt}
+                                           for w in transcript.windows]})]
+    return rows
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -97,3 +98,8 @@ def sung_rows(attrs: dict) -> np.ndarray:
         generated = np.arange(len(tokens)) >= int(window["prompt_tokens"])
         masks.append(generated & (tokens < FIRST_SPECIAL_TOKEN))
     return np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
+
+
+def sung_features(store: Any, key: str) -> np.ndarray:
+    """The feature rows of an item's sung tokens (``sung_rows``), from a Whisper feature store."""
+    return np.asarray(store[key])[sung_rows(store.attrs(key))]
