@@ -35,6 +35,11 @@ def render(name: str) -> str:
         interval = f" ± {row['map_ci']:.3f}" if "map_ci" in row else ""
         lines.append(f"| {row['method']} | {row['kind']} | {row['map']:.3f}{interval} | {row['mr1']:.2f} | "
                      f"{row['arp']:.2f} |")
+    training = data.get("training")
+    if training:
+        lines += ["", f"Training: best epoch {training['best_epoch']} of {training['epochs']} (validation MAP "
+                  f"{training['val_map_untrained']:.3f} untrained, {training['val_map_best']:.3f} at the best epoch; "
+                  "at equal validation MAP the checkpoint that separates versions from other songs more wins)."]
     lines += ["", f"Ties counted as {ties} values over random tie orders; source: `docs/results/{name}.json`."]
     return "\n".join(lines) + "\n"
 

@@ -7,7 +7,7 @@ import re
 from helpers.cli import REPO, run_wealy
 
 GROUPS = {"extract": ("whisper", "sbert", "clews"), "models": ("list", "download", "upload", "import"),
-          "store": ("info", "verify")}
+          "store": ("info", "verify", "show"), "index": ("build", "add", "info")}
 
 
 def readme_commands() -> list[list[str]]:
@@ -56,3 +56,21 @@ def test_readme_commands_use_real_options():
             option = token.split("=", 1)[0]
             if option.startswith("--") and option.strip("[]|") == option:
                 assert re.search(rf"{re.escape(option)}\b", helps[path]), f"wealy {' '.join(path)}: {option}"
+
+
+def test_readme_results_tables_are_generated_from_their_json():
+    """Every results table in the README is the rendering of docs/results/NAME.json (no number
+    typed by hand), and each has its JSON."""
+    import json
+    import subprocess
+    import sys
+
+    text = (REPO / "README.md").read_text()
+    names = re.findall(r"<!-- results:([\w-]+) -->", text)
+    assert {"demo", "quality"} <= set(names)
+    for name in names:
+        rows = json.loads((REPO / "docs" / "results" / f"{name}.json").read_text())["rows"]
+        assert rows and all("map" in row for row in rows)
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "readme_tables.py"), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

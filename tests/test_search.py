@@ -452,3 +452,21 @@ def test_a_second_writer_is_refused_while_one_holds_the_index(catalogue, tmp_pat
     assert {k: v for k, v in tree_digest(tmp_path / "index").items() if k != ".wealy.lock"} == \
         {k: v for k, v in digest.items() if k != ".wealy.lock"}
     assert add_to_index(add_options(root, tmp_path / "index")).added == 0  # free again
+
+
+@pytest.mark.slow
+def test_two_processes_build_the_index_one_process_builds(catalogue, tmp_path):
+    """`index build --gpus 0 --workers 2`: both processes embed (each its share of the songs), rank
+    0 writes the index; the index files equal a one-process build's byte for byte."""
+    from helpers.cli import run_wealy_process
+
+    root, _ = catalogue
+    build_index(options(root, tmp_path / "one"))
+    proc = run_wealy_process("-q", "index", "build", "--checkpoint", root / "ckpt", "--store", root / "store",
+                             "--dataset", "csv", "--metadata", root / "songs.csv", "--split", "test", "--chunk", "16",
+                             "--overlap", "0.5", "-o", tmp_path / "two", "--gpus", "0", "--workers", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cache = json.loads((tmp_path / "two" / MANIFEST).read_text())
+    assert cache["songs"] == json.loads((tmp_path / "one" / MANIFEST).read_text())["songs"]
+    for name in ("vectors.f16", "offsets.i64", "songs.jsonl"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name

@@ -109,6 +109,17 @@ def test_validation_scores_every_chunk_as_evaluate_does(tmp_path):
     assert result.history[-1]["val_map"] == pytest.approx(brute_force_map_of(distances, val_split.cliques), abs=1e-6)
 
 
+def test_separation_by_hand_breaks_ties_of_equal_map():
+    from wealy_cli.model.training import separation
+
+    # a, a2 one clique, b alone (no relevant candidate: skipped); rows = queries.
+    d = np.array([[0.0, 0.2, 0.9],
+                  [0.4, 0.0, 0.5],
+                  [0.3, 0.1, 0.0]])
+    # a: 0.9 - 0.2 = 0.7; a2: 0.5 - 0.4 = 0.1; mean 0.4
+    assert separation(d, ["a", "a", "b"]) == pytest.approx(0.4)
+
+
 def test_sampling_is_deterministic_and_partitions_global_batches(tmp_path):
     _, train_split, _ = splits(*build_separable(tmp_path, train_cliques=10, val_cliques=2, versions=3))
     items = plan_epoch(train_split, 3, seed=5, epoch=2)

@@ -212,10 +212,10 @@ class Demo:
         """The training run in four numbers (from its metrics.csv): validation MAP untrained
         (epoch 0) and at the best epoch, the best epoch, and the epochs run."""
         with open(self.train_dir / "metrics.csv", newline="") as fh:
-            history = [(int(r["epoch"]), float(r["val_map"])) for r in csv.DictReader(fh)]
-        best_epoch, best_map = max(history, key=lambda row: (row[1], -row[0]))  # the first of equals
-        return {"best_epoch": best_epoch, "epochs": history[-1][0], "val_map_untrained": history[0][1],
-                "val_map_best": best_map}
+            history = {int(r["epoch"]): float(r["val_map"]) for r in csv.DictReader(fh)}
+        best_epoch = int(json.loads((self.train_dir / "best.config.json").read_text())["epoch"])
+        return {"best_epoch": best_epoch, "epochs": max(history), "val_map_untrained": history[0],
+                "val_map_best": history[best_epoch]}
 
 
 def _pick(m: dict) -> dict:

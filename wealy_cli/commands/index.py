@@ -43,6 +43,8 @@ def build(settings: IndexBuildSettings) -> None:
     from wealy_cli.retrieval.index_build import build_index
 
     report = build_index(settings)
+    if report is None:  # not rank 0 of a multi-process run: rank 0 reports
+        return
     write_resolved(settings, settings.output, name="index_build.yaml")
     ui.show(ui.key_value_table(f"index {settings.output}", report.as_table()))
 
@@ -55,6 +57,8 @@ def add(settings: IndexAddSettings) -> None:
     from wealy_cli.retrieval.index_build import add_to_index
 
     report = add_to_index(settings)
+    if report is None:
+        return
     write_resolved(settings, settings.index, name="index_add.yaml")
     ui.show(ui.key_value_table(f"index {settings.index}", report.as_table()))
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from wealy_cli.core.datasets import SPLITS, DatasetSplit, MissingSplitError, load_split, split_key
 from wealy_cli.core.errors import UserError
-from wealy_cli.core.lock import run_lock
+from wealy_cli.core.launch import Workers, launch, resolve_devices
 from wealy_cli.core.store import Store, StoreWriter
 from wealy_cli.retrieval.index import (
     CACHE_DIR,
@@ -84,8 +84,10 @@ class BuildReport:
                 "chunks in the index": self.chunks, "seconds": round(self.seconds, 1)}
 
 
-def build_index(opts: IndexBuildRun) -> BuildReport:
-    """Create the index (or resume an interrupted build of the same settings)."""
+def build_index(opts: IndexBuildRun) -> BuildReport | None:
+    """Create the index (or resume an interrupted build of the same settings). The songs are
+    embedded by every process of the run (``--gpus``/``--workers``/``--nodes``); rank 0 writes
+    the index and returns the report (None elsewhere)."""
     from wealy_cli.retrieval.evaluate import model_path
 
     check_writable(opts.output)
@@ -93,21 +95,24 @@ def build_index(opts: IndexBuildRun) -> BuildReport:
     params = IndexKindOptions.model_validate(opts.model_dump(include=set(IndexKindOptions.model_fields)))
     run = Indexing(Path(opts.output), model_path(opts.checkpoint, opts.model), opts.model, opts.chunk, opts.overlap,
                    opts.topk, params, opts.threads)
-    with run_lock(run.output, "index"):  # one writer at a time; searches only read committed files
+    # One writer at a time (rank 0 holds the lock for the run); searches only read committed files.
+    with launch(resolve_devices(opts), opts.nodes, peer_timeout=opts.peer_timeout, lock=(run.output, "index")) \
+            as workers:
         existing = read_manifest(run.output) if (run.output / MANIFEST).is_file() else None
         if existing is not None:
             _check_resumable(existing, run, features)
-        return _index_songs(opts, run, features, existing)
+        return _index_songs(opts, run, features, existing, workers)
 
 
-def add_to_index(opts: IndexAddRun) -> BuildReport:
+def add_to_index(opts: IndexAddRun) -> BuildReport | None:
     """Add the store's songs that the index does not hold yet, with the index's checkpoint (by
     default), chunking, topk and FAISS index (no retraining)."""
     from wealy_cli.retrieval.evaluate import model_path
     from wealy_cli.retrieval.search import checkpoint_for
 
     read_manifest(opts.index)  # a damaged index is refused before anything is touched
-    with run_lock(opts.index, "index"):
+    with launch(resolve_devices(opts), opts.nodes, peer_timeout=opts.peer_timeout, lock=(opts.index, "index")) \
+            as workers:
         manifest = read_manifest(opts.index)
         index = Index(opts.index)  # checks the files (FAISS index included) before anything is appended
         _ = index.faiss
@@ -123,16 +128,14 @@ def add_to_index(opts: IndexAddRun) -> BuildReport:
         if opts.clews_store is not None and not manifest.get("clews"):
             raise UserError(f"--clews-store: the index {opts.index} was built without CLEWS embeddings; "
                             "build a new index with --clews-store to fuse")
-        return _index_songs(opts, run, features, manifest)
+        return _index_songs(opts, run, features, manifest, workers)
 
 
 # ---------------------------------------------------------------- the shared run
 
 
-def _index_songs(opts: CatalogueSongs, run: Indexing, features: Store,
-                 manifest: dict[str, Any] | None) -> BuildReport:
-    import torch
-
+def _index_songs(opts: CatalogueSongs, run: Indexing, features: Store, manifest: dict[str, Any] | None,
+                 workers: Workers) -> BuildReport | None:
     from wealy_cli.model.network import load_model
     from wealy_cli.ranking.options import EmbedOptions
     from wealy_cli.retrieval.evaluate import check_model_fits, chunk_cache_dir, fill_chunk_cache, weights_digest
@@ -148,10 +151,14 @@ def _index_songs(opts: CatalogueSongs, run: Indexing, features: Store,
     model, cfg = load_model(run.weights)
     cache_dir, cache_settings = chunk_cache_dir(cache_root, run.weights, features, run.chunk, run.overlap, cfg)
     check_model_fits(features, cfg.input_channels)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(workers.device)
     embed = EmbedOptions(chunk=run.chunk, overlap=run.overlap, topk=run.topk, batch_size=opts.batch_size)
-    with run_lock(cache_dir, "chunk-embedding cache", wait=True):  # shared with evaluate and distances
-        fill_chunk_cache(model, cfg, features, todo, cache_dir, cache_settings, embed)
+    workers.check_same(todo, "the songs to index (--store, --dataset, --split, --metadata)")
+    with workers.lock(cache_dir, "chunk-embedding cache", wait=True):  # shared with evaluate and distances
+        fill_chunk_cache(model, cfg, features, todo, cache_dir, cache_settings, embed, workers)
+        workers.barrier()  # every rank's shards are in before rank 0 unlocks
+    if not workers.is_main:  # rank 0 writes the index
+        return None
     cache = Store(cache_dir)
     failed = set(cache.failures())
     report.without_features = sorted(failed & set(todo))

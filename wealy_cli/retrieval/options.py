@@ -164,7 +164,8 @@ class CatalogueSongs(Options):
                                 "statistics (all of them when the index has fewer).", ge=2)
 
 
-class IndexBuildRun(ModelSource, ChunkOptions, CatalogueSongs, IndexKindOptions, FaissThreads):
+class IndexBuildRun(ModelSource, ChunkOptions, CatalogueSongs, IndexKindOptions, FaissThreads, DeviceOptions,
+                    NodeOptions):
     """``wealy index build``: a feature store's songs → chunk embeddings → a search index."""
 
     output: CreatableDir = option(help="Index directory to create (or to resume an interrupted build in).",
@@ -173,7 +174,7 @@ class IndexBuildRun(ModelSource, ChunkOptions, CatalogueSongs, IndexKindOptions,
                                "also sets --chunk and --topk unless given.")
 
 
-class IndexAddRun(CatalogueSongs, FaissThreads):
+class IndexAddRun(CatalogueSongs, FaissThreads, DeviceOptions, NodeOptions):
     """``wealy index add``: more songs into an index, with its checkpoint and chunking, no retraining."""
 
     index: ExistingDir = argument(help="Index directory (from 'wealy index build').")
