@@ -530,7 +530,7 @@ def _evaluate_demo(ctx: Context, result: StepResult) -> None:
     keys = [k for k, v in metrics["cpu"].items() if isinstance(v, (int, float))]
     diff = max(abs(metrics["device"][k] - metrics["cpu"][k]) for k in keys)
     cache_diff = _cache_difference(runs["device"][0] / "cache", runs["cpu"][0] / "cache")
-    matrix_diff = _distances_difference(ctx, common, runs["cpu"][0] / "cache")
+    matrix_diff = _distances_difference(ctx, common, device_flags, runs["cpu"][0] / "cache")
     result.figures.update({
         "device run": " ".join(device_flags), "model": "random, " + ("paper size" if not ctx.quick else "small"),
         "queries": metrics["cpu"].get("n_queries"),
@@ -551,15 +551,15 @@ def _cache_difference(a: Path, b: Path) -> float:
     return max(float(np.abs(sa[k].astype(np.float32) - sb[k].astype(np.float32)).max()) for k in sa.keys())
 
 
-def _distances_difference(ctx: Context, common: list[Any], cpu_cache: Path) -> float:
-    """`wealy distances` (on CUDA when there is one; it has no --gpus yet) against the dense
+def _distances_difference(ctx: Context, common: list[Any], device_flags: list[str], cpu_cache: Path) -> float:
+    """`wealy distances` with the device run's flags (``--gpus 1`` on a GPU) against the dense
     distances of the CPU evaluation's chunk embeddings, computed here on the CPU."""
     from wealy_cli.core.store import Store
     from wealy_cli.ranking.matrixfile import read_matrix
     from wealy_cli.ranking.tiles import dense_distances, load_songs
 
     path = ctx.work / "s4-distances.npz"
-    wealy("distances", *common, "-o", path, "--cache", ctx.work / "s4-distances-cache", ctx=ctx)
+    wealy("distances", *common, *device_flags, "-o", path, "--cache", ctx.work / "s4-distances-cache", ctx=ctx)
     matrix = read_matrix(path)
     (cache,) = [d for d in cpu_cache.iterdir() if d.is_dir()]
     songs = load_songs(Store(cache), matrix.query_keys, matrix.query_cliques)

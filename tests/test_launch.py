@@ -138,6 +138,14 @@ def extraction(tmp_path_factory):
     return root, csv, one, runs
 
 
+def without_agent_exit_barrier(stderr: str) -> str:
+    """stderr without torchrun's own exit-barrier error: after every worker has exited 0, the
+    agent that hosts the rendezvous store may leave before the other agent has read the barrier
+    key (a torchrun race, pytorch/pytorch#69520); that agent then logs a traceback and still
+    exits 0. Nothing of wealy's processes is in those lines."""
+    return "\n".join(line for line in stderr.splitlines() if "elastic/agent/server/api.py" not in line)
+
+
 @pytest.mark.slow
 def test_two_nodes_exit_cleanly_every_time_and_store_what_one_process_does(extraction):
     root, _, one, runs = extraction
@@ -146,7 +154,8 @@ def test_two_nodes_exit_cleanly_every_time_and_store_what_one_process_does(extra
     for out, nodes, _ in runs:
         for node in nodes:
             assert node.returncode == 0, node.stderr[-3000:]
-            assert "terminate called" not in node.stderr and "Traceback" not in node.stderr
+            ours = without_agent_exit_barrier(node.stderr)
+            assert "terminate called" not in ours and "Traceback" not in ours
         assert_same_store(root / "one", out)
         assert sorted(p.name.split("-")[0] for p in Store(out).shards) == ["w0", "w1"]  # both ranks wrote
         assert "Whisper decoder features in" in nodes[0].stdout and "│ stored now" in nodes[0].stdout
