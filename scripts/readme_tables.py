@@ -1,4 +1,4 @@
-"""Results tables in README.md, generated from the JSON files that measured them.
+"""Results tables in README.md (and docs/quality.md), generated from the JSON files that measured them.
 
 Each table sits between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` and is rendered
 from ``docs/results/NAME.json``: the ``comparison.json`` that `wealy demo` (and the quality
@@ -21,6 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+PAGES = (README, REPO / "docs" / "quality.md")  # every page with results tables
 RESULTS = REPO / "docs" / "results"
 _BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
 
@@ -56,14 +57,15 @@ def main() -> None:
     if args.save:
         RESULTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.save[1], RESULTS / f"{args.save[0]}.json")
-    text = README.read_text(encoding="utf-8")
-    new = rewrite(text)
-    if args.check:
-        if new != text:
-            sys.exit("README.md results tables are out of date: run python scripts/readme_tables.py")
-        return
-    README.write_text(new, encoding="utf-8")
-    print(f"rewrote {len(_BLOCK.findall(text))} table(s) in {README}")
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        new = rewrite(text)
+        if args.check:
+            if new != text:
+                sys.exit(f"{page.name}: results tables are out of date: run python scripts/readme_tables.py")
+            continue
+        page.write_text(new, encoding="utf-8")
+        print(f"rewrote {len(_BLOCK.findall(text))} table(s) in {page}")
 
 
 if __name__ == "__main__":

@@ -368,7 +368,7 @@ def _sub_tile(songs: SongSet, group: list[int], where: dict[int, tuple[int, int]
         chunks[row, :n] = tiles[t].chunks[r, :n]
     n_chunks = torch.from_numpy(songs.n_chunks[group]).to(device)
     return Tile(np.asarray(group), chunks, torch.arange(width, device=device)[None, :] < n_chunks[:, None], n_chunks,
-                torch.from_numpy(songs.clique_ids[group]).to(device))
+                torch.from_numpy(songs.clique_ids[group]).to(device), songs.late_fraction)
 
 
 def all_against_all(songs: SongSet, topk: int, rank: int = 0, world: int = 1,
