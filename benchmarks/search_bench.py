@@ -188,7 +188,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--probe", type=int, default=100)
-    parser.add_argument("--nprobe", type=int, default=64)
+    parser.add_argument("--nprobe", type=int, default=128)
     parser.add_argument("--no-opq", action="store_true", help="ivf-pq without the OPQ rotation")
     parser.add_argument("--ef-search", type=int, default=128)
     parser.add_argument("--threads", type=int, default=0)

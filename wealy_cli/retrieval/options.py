@@ -128,7 +128,8 @@ class IndexKindOptions(Options):
     nbits: int = option(8, "ivf-pq: bits per sub-quantizer code.", ge=1, le=16)
     opq: bool = option(True, "ivf-pq: learn a rotation (OPQ) before quantising: better recall at the same "
                        "--nprobe.")
-    nprobe: int = option(64, "ivf-pq: lists visited per query chunk (the default of 'wealy search').", ge=1)
+    nprobe: int = option(128, "ivf-pq: lists visited per query chunk (the default of 'wealy search'; 128 reaches "
+                         "recall@10 0.955 at a million songs, 64 0.926).", ge=1)
     hnsw_m: int = option(32, "hnsw: neighbours per graph node.", ge=2)
     ef_construction: int = option(80, "hnsw: search breadth while adding chunks.", ge=1)
     ef_search: int = option(128, "hnsw: search breadth while searching (the default of 'wealy search').", ge=1)
