@@ -30,12 +30,14 @@ def render(name: str) -> str:
     """The Markdown table of ``docs/results/<name>.json``."""
     data = json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
     ties = data.get("ties", "expected")
-    lines = [f"| method ({data.get('split', 'test')} split) | kind | MAP (95 % interval) | MR1 | ARP (%) |",
-             "|---|---|---|---|---|"]
+    extra = "val_map" in data["rows"][0]  # lever tables: the validation MAP that chose, and the best epoch
+    head = f"| method ({data.get('split', 'test')} split) | kind | MAP (95 % interval) | MR1 | ARP (%) |"
+    rule = "|---|---|---|---|---|" + ("---|---|" if extra else "")
+    lines = [head + (" val MAP | best epoch |" if extra else ""), rule]
     for row in data["rows"]:
         interval = f" ± {row['map_ci']:.3f}" if "map_ci" in row else ""
-        lines.append(f"| {row['method']} | {row['kind']} | {row['map']:.3f}{interval} | {row['mr1']:.2f} | "
-                     f"{row['arp']:.2f} |")
+        line = f"| {row['method']} | {row['kind']} | {row['map']:.3f}{interval} | {row['mr1']:.2f} | {row['arp']:.2f} |"
+        lines.append(line + (f" {row['val_map']:.3f} | {row['best_epoch']} |" if extra else ""))
     training = data.get("training")
     if training:
         lines += ["", f"Training: best epoch {training['best_epoch']} of {training['epochs']} (validation MAP "

@@ -260,3 +260,69 @@ def test_stopping_rules(tmp_path):
     late = train(recipe(store_dir, tmp_path / "c", time_limit=1e-9, **base), store, train_split, val_split)
     assert late.epochs == 0 and late.stop_reason.startswith("time limit")
     assert torch.load(tmp_path / "c" / STATE, weights_only=True)["epoch"] == 0
+
+
+def _windowed_store(root: Path) -> Store:
+    """One item of 3 Whisper windows (5, 7 and 4 rows; each window's first 2 rows are prompt rows),
+    row r holding the value r in every dimension, so a view tells which rows it kept."""
+    from wealy_cli.core.store import StoreWriter
+
+    sizes, windows = (5, 7, 4), []
+    for n in sizes:
+        windows.append({"tokens": [50258, 50259] + list(range(100, 100 + n - 2)), "prompt_tokens": 2})
+    rows = np.repeat(np.arange(sum(sizes), dtype=np.float16)[:, None], 4, axis=1)
+    with StoreWriter(root / "w", 4, settings={"test": True}) as writer:
+        writer.add("a/0", rows, clique="a", version="0", windows=windows)
+    return Store(root / "w")
+
+
+def _view(store: Store, seed: int, sung_only: bool = False, **views) -> np.ndarray:
+    from wealy_cli.model.options import ViewOptions
+    from wealy_cli.model.training import CropDataset, Item
+
+    dataset = CropDataset(store, [Item(("a/0",), (0,), (0,), seed)], chunk=100, sung_only=sung_only,
+                          views=ViewOptions(**views))
+    return dataset[0][0][0]
+
+
+def test_views_off_are_the_plain_item_and_every_lever_is_seeded(tmp_path):
+    store = _windowed_store(tmp_path)
+    assert _view(store, 1)[:, 0].tolist() == list(range(16))
+    sung = [r for start, n in ((0, 5), (5, 7), (12, 4)) for r in range(start + 2, start + n)]
+    assert _view(store, 1, sung_only=True)[:, 0].tolist() == sung
+    for views in ({"crop_min": 0.3}, {"mask_share": 0.5}, {"drop_windows": 0.5}, {"noise": 0.1}):
+        first = [_view(store, s, **views) for s in range(8)]
+        assert all(np.array_equal(a, _view(store, s, **views)) for s, a in enumerate(first))  # seeded
+        assert len({a.tobytes() for a in first}) > 1, views  # views differ between epochs
+
+
+def test_mask_share_removes_one_contiguous_span_at_most_that_share(tmp_path):
+    store = _windowed_store(tmp_path)
+    for seed in range(20):
+        kept = _view(store, seed, mask_share=0.5)[:, 0].astype(int).tolist()
+        removed = sorted(set(range(16)) - set(kept))
+        assert kept == sorted(kept) and len(removed) <= 8 and len(kept) >= 1
+        assert removed == list(range(removed[0], removed[0] + len(removed))) if removed else True
+
+
+def test_drop_windows_keeps_whole_windows_and_at_least_one(tmp_path):
+    store = _windowed_store(tmp_path)
+    windows = [set(range(0, 5)), set(range(5, 12)), set(range(12, 16))]
+    seen = set()
+    for seed in range(30):
+        kept = set(_view(store, seed, drop_windows=0.7)[:, 0].astype(int).tolist())
+        parts = [w for w in windows if w & kept]
+        assert parts and all(w <= kept for w in parts) and kept == set().union(*parts)
+        seen.add(len(parts))
+    assert seen >= {1, 2}  # windows really are dropped, never all of them
+
+
+def test_noise_scales_with_each_dimensions_spread(tmp_path):
+    from wealy_cli.model.options import ViewOptions
+    from wealy_cli.model.training import alter_view
+
+    rng = np.random.default_rng(0)
+    rows = (rng.standard_normal((4000, 3)) * np.array([1.0, 10.0, 0.1])).astype(np.float32)
+    out = alter_view(rows, ViewOptions(noise=0.2), np.random.default_rng(1))
+    ratio = (out - rows).std(0) / rows.std(0)
+    np.testing.assert_allclose(ratio, 0.2, rtol=0.05)

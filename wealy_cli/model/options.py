@@ -56,14 +56,30 @@ class LossOptions(Options):
     clews_weight: float = option(0.5, "CLEWS loss: weight of the uniformity term.", ge=0.0)
 
 
-class TrainOptions(ArchitectureOptions, LossOptions, TieOptions):
+class ViewOptions(Options):
+    """How training views of an item differ between epochs (all seeded; every one off by default:
+    on the quality benchmark none helped the late-interaction recipe, docs/quality.md)."""
+
+    crop_min: float = option(1.0, "Each training view is a random sub-sequence of this share to all of an item's "
+                             "rows (then at most --chunk); 1 = whole items (off).", gt=0.0, le=1.0)
+    mask_share: float = option(0.0, "Each view loses one contiguous span of a random share up to this of its rows; "
+                               "0 = off.", ge=0.0, lt=1.0)
+    drop_windows: float = option(0.0, "Each 30 s Whisper window of a view is dropped with this probability (one "
+                                 "is always kept); 0 = off.", ge=0.0, lt=1.0)
+    noise: float = option(0.0, "Gaussian noise of this many times each feature dimension's spread in the view; "
+                          "0 = off.", ge=0.0)
+
+    @classmethod
+    def of(cls, opts: Options) -> ViewOptions:
+        return cls.model_validate(opts.model_dump(include=set(cls.model_fields)))
+
+
+class TrainOptions(ArchitectureOptions, LossOptions, ViewOptions, TieOptions):
     """The training recipe (DESIGN §5)."""
 
     per_clique: int = option(2, "Versions of a clique per item (the anchor and its positives).", ge=2)
     batch_size: int = option(64, "Items per device per step.", ge=1)
     chunk: int = option(PAPER_CHUNK, "Rows per random training crop (validation: the first rows).", ge=1)
-    crop_min: float = option(1.0, "Each training view is a random sub-sequence of this share to all of an item's "
-                             "rows (then at most --chunk); 1 = whole items (off).", gt=0.0, le=1.0)
     loader_workers: int = option(2, "DataLoader processes reading crops.", ge=0)
     gather: bool = option(True, "Loss over the global batch of all devices.")
     lr: float = option(1e-4, "Peak learning rate (AdamW).", gt=0.0)

@@ -55,7 +55,7 @@ from wealy_cli.core.layers import pad_sequences
 from wealy_cli.core.store import Store
 from wealy_cli.model.losses import cosine_similarity_matrix, make_loss
 from wealy_cli.model.network import ModelConfig, build_model, count_parameters, save_weights
-from wealy_cli.model.options import TrainOptions, TrainRun
+from wealy_cli.model.options import TrainOptions, TrainRun, ViewOptions
 from wealy_cli.ranking.late import late_distance_matrix, late_similarity_rows
 from wealy_cli.ranking.metrics import Metrics, comp, retrieval_metrics
 from wealy_cli.ranking.options import EmbedOptions
@@ -121,9 +121,9 @@ class CropDataset(Dataset):
     model takes every row; sung-token rows are selected from the whole item)."""
 
     def __init__(self, store: Store, items: list[Item], chunk: int, sung_only: bool = False,
-                 crop_min: float = 1.0) -> None:
+                 views: ViewOptions | None = None) -> None:
         self.store, self.items, self.chunk, self.sung_only = store, items, chunk, sung_only
-        self.crop_min = crop_min
+        self.views = views or ViewOptions()
 
     def __len__(self) -> int:
         return len(self.items)
@@ -131,13 +131,51 @@ class CropDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[list[np.ndarray], list[int], list[int]]:
         item = self.items[index]
         rng = np.random.default_rng(item.seed)
+        views = self.views
         rows = []
         for key in item.keys:
-            n = row_count(self.store, key, self.sung_only)
-            length = crop_length(n, self.chunk, self.crop_min, rng)
+            if views.drop_windows > 0:  # whole item read, then windows dropped (seeded)
+                whole = window_dropped_rows(self.store, key, self.sung_only, views.drop_windows, rng)
+                n = len(whole)
+            else:
+                whole, n = None, row_count(self.store, key, self.sung_only)
+            length = crop_length(n, self.chunk, views.crop_min, rng)
             start = int(rng.integers(0, n - length + 1)) if n > length else 0
-            rows.append(read_rows(self.store, key, self.sung_only, start, start + length))
+            view = (whole[start:start + length] if whole is not None
+                    else read_rows(self.store, key, self.sung_only, start, start + length))
+            rows.append(alter_view(view, views, rng))
         return rows, list(item.labels), list(item.ids)
+
+
+def window_dropped_rows(store: Store, key: str, sung_only: bool, p: float, rng: np.random.Generator) -> np.ndarray:
+    """An item's rows (sung rows only with ``sung_only``) without the Whisper windows dropped,
+    each with probability ``p``; one window is always kept."""
+    attrs = store.attrs(key)
+    windows = attrs.get("windows") or []
+    keep_row = np.ones(store.rows(key), dtype=bool)
+    if len(windows) > 1:
+        keep = rng.random(len(windows)) >= p
+        if not keep.any():
+            keep[int(rng.integers(len(windows)))] = True
+        sizes = [len(w["tokens"]) for w in windows]
+        keep_row = np.repeat(keep, sizes) if sum(sizes) == len(keep_row) else keep_row
+    if sung_only:
+        keep_row &= sung_rows(attrs)
+    return np.asarray(store[key])[keep_row]
+
+
+def alter_view(rows: np.ndarray, views: ViewOptions, rng: np.random.Generator) -> np.ndarray:
+    """A contiguous span of a random share ≤ ``mask_share`` of the rows removed, then Gaussian
+    noise of ``noise`` × each dimension's spread added (no draw when both are off)."""
+    if views.mask_share > 0 and len(rows) > 1:
+        span = int(round(rng.uniform(0, views.mask_share) * len(rows)))
+        span = min(span, len(rows) - 1)
+        start = int(rng.integers(0, len(rows) - span + 1))
+        rows = np.concatenate([rows[:start], rows[start + span:]])
+    if views.noise > 0 and len(rows):
+        spread = rows.astype(np.float32).std(0, keepdims=True) if len(rows) > 1 else np.abs(rows.astype(np.float32))
+        rows = (rows + views.noise * spread * rng.standard_normal(rows.shape).astype(np.float32)).astype(rows.dtype)
+    return rows
 
 
 def crop_length(n: int, chunk: int, crop_min: float, rng: np.random.Generator) -> int:
@@ -528,7 +566,7 @@ def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: D
         torch.manual_seed(opts.seed * 7919 + epoch * 104729 + rank)  # dropout draws of this epoch
         items = rank_batches(plan_epoch(train_split, opts.per_clique, opts.seed, epoch), opts.batch_size, world,
                              rank, opts.limit_batches)
-        loader = DataLoader(CropDataset(store, items, opts.chunk, model_config.text_rows, opts.crop_min),
+        loader = DataLoader(CropDataset(store, items, opts.chunk, model_config.text_rows, ViewOptions.of(opts)),
                             batch_size=opts.batch_size,
                             collate_fn=collate,
                             num_workers=opts.loader_workers, shuffle=False, pin_memory=fabric.device.type == "cuda")
