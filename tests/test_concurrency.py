@@ -176,6 +176,7 @@ with run_lock(Path({str(tmp_path / "d")!r}), "cache", wait=True, owner=rank == 0
     holder = read_holder(Path({str(tmp_path / "d")!r}))
     fabric.barrier()
     print(f"rank {{rank}} entered released={{released}} holder={{holder.pid}}", flush=True)
+    fabric.barrier()  # rank 0 leaves (taking the process group's store with it) only after both printed
 """
     (tmp_path / "ranks.py").write_text(script)
     env = {**env_for_children(), "MASTER_PORT": str(20000 + os.getpid() % 20000), "OMP_NUM_THREADS": "1"}

@@ -170,12 +170,12 @@ def brute_force_top(query: np.ndarray, songs: list[np.ndarray], k: int) -> list[
 @pytest.mark.parametrize("params", [IndexKindOptions(kind="ivf-pq", m=16, nprobe=16), IndexKindOptions(kind="hnsw")])
 def test_ann_recall_against_brute_force(tmp_path, params):
     rng = np.random.default_rng(5)
-    songs = clustered(rng, 1500)
-    entries = (SongEntry(f"w{i % 750}/s{i}", f"w{i % 750}", f"s{i}", s) for i, s in enumerate(songs))
+    songs = clustered(rng, 800)
+    entries = (SongEntry(f"w{i % 400}/s{i}", f"w{i % 400}", f"s{i}", s) for i, s in enumerate(songs))
     manifest = new_manifest(64, params, {"topk": 1})
     append_songs(tmp_path / "index", entries, len(songs), manifest)
     index = Index(tmp_path / "index")
-    assert index.params.kind == params.kind and index.n_songs == 1500
+    assert index.params.kind == params.kind and index.n_songs == 800
     searcher = Searcher(index, SearchOptions(top=10, probe=50))
     recalls = []
     for i in rng.choice(len(songs), 40, replace=False):
