@@ -57,8 +57,8 @@ class LossOptions(Options):
 
 
 class ViewOptions(Options):
-    """How training views of an item differ between epochs (all seeded; every one off by default:
-    on the quality benchmark none helped the late-interaction recipe, docs/quality.md)."""
+    """How training views of an item differ between epochs (all seeded, all off by default; their
+    effect on the quality benchmark: docs/quality.md)."""
 
     crop_min: float = option(1.0, "Each training view is a random sub-sequence of this share to all of an item's "
                              "rows (then at most --chunk); 1 = whole items (off).", gt=0.0, le=1.0)
