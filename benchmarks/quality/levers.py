@@ -37,14 +37,16 @@ def best_epoch(train: Path) -> int:
     return int(json.loads((train / "best.config.json").read_text())["epoch"])
 
 
-def recipe_val(run: Path) -> dict:
-    """Validation metrics of the recipe's best epoch (its metrics.csv; validation is evaluation)."""
+def recipe_val(run: Path) -> float:
+    """The recipe's validation MAP: ``wealy evaluate --split val`` of its checkpoint (written to
+    ``evaluate-val/``), else the best epoch's row of its metrics.csv (validation = evaluation)."""
     import csv
 
+    if (run / "evaluate-val" / "results.json").is_file():
+        return metrics(run / "evaluate-val" / "results.json")["map"]
     epoch = best_epoch(run / "train")
     with open(run / "train" / "metrics.csv", newline="") as fh:
-        row = next(r for r in csv.DictReader(fh) if int(r["epoch"]) == epoch)
-    return {"map": float(row["val_map"])}
+        return float(next(r for r in csv.DictReader(fh) if int(r["epoch"]) == epoch)["val_map"])
 
 
 def main() -> None:
@@ -55,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     recipe = args.recipe
     rows = [{"method": "recipe (configs/late.yaml)", "kind": "model",
-             "val_map": recipe_val(recipe)["map"], "best_epoch": best_epoch(recipe / "train"),
+             "val_map": recipe_val(recipe), "best_epoch": best_epoch(recipe / "train"),
              **metrics(recipe / "evaluate" / "results.json")}]
     for name, change in CHANGES.items():
         run = args.runs / name
