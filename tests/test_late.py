@@ -170,3 +170,17 @@ def test_evaluate_distances_and_search_score_a_late_checkpoint_row_by_row(tmp_pa
     row = matrix.distances[0]
     assert [h["distance"] for h in hits] == pytest.approx(sorted(row.tolist()), abs=2e-3)
     assert hits[0]["key"] == query
+
+
+def test_late_training_on_a_store_without_window_tokens_is_one_line_exit_2(tmp_path):
+    """--arch late reads sung rows; a store that does not record one token per row (here: no
+    windows at all) is refused before training, naming the store and the way out."""
+    from helpers.cli import assert_user_error, run_wealy
+    from helpers.training import build_separable
+
+    store_dir, csv_path = build_separable(tmp_path, train_cliques=4, val_cliques=2)
+    proc = run_wealy("train", "--store", store_dir, "--dataset", "csv", "--metadata", csv_path, "--arch", "late",
+                     "--output", tmp_path / "run", "--gpus", "0", "--loader-workers", "0", "--max-epochs", "1",
+                     "--batch-size", "4")
+    assert_user_error(proc, str(store_dir), "use --rows all")
+    assert not (tmp_path / "run" / "best.safetensors").exists()

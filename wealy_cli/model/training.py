@@ -56,7 +56,7 @@ from wealy_cli.core.store import Store
 from wealy_cli.model.losses import cosine_similarity_matrix, make_loss
 from wealy_cli.model.network import ModelConfig, build_model, count_parameters, save_weights
 from wealy_cli.model.options import TrainOptions, TrainRun, ViewOptions
-from wealy_cli.ranking.late import late_distance_matrix, late_similarity_rows
+from wealy_cli.ranking.late import late_similarity_rows
 from wealy_cli.ranking.metrics import Metrics, comp, retrieval_metrics
 from wealy_cli.ranking.options import EmbedOptions
 from wealy_cli.whisper.lyrics import sung_features, sung_rows
@@ -188,9 +188,9 @@ def crop_length(n: int, chunk: int, crop_min: float, rng: np.random.Generator) -
 
 
 class FirstChunkDataset(Dataset):
-    """Validation: the first ``chunk`` rows of each version (every row when ``chunk`` is None)."""
+    """Validation with ``--val-mode first``: the first ``chunk`` rows of each version."""
 
-    def __init__(self, store: Store, keys: list[str], chunk: int | None, sung_only: bool = False) -> None:
+    def __init__(self, store: Store, keys: list[str], chunk: int, sung_only: bool = False) -> None:
         self.store, self.keys, self.chunk, self.sung_only = store, keys, chunk, sung_only
 
     def __len__(self) -> int:
@@ -301,41 +301,26 @@ def _plain(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def chunked_validation_distances(model: torch.nn.Module, store: Store, keys: list[str], opts: TrainOptions,
-                                 batch: int, sung_only: bool = False) -> np.ndarray:
-    """Distances of the validation songs computed as ``wealy evaluate`` computes them: every song cut
-    into overlapping chunks (``--chunk``, ``--val-overlap``), song distance the mean of the
-    ``--val-topk`` smallest chunk distances (every process computes them all). A song without
-    rows gets one zero chunk (distance 1 to every song)."""
+def evaluation_distances(model: torch.nn.Module, store: Store, split: DatasetSplit, opts: TrainOptions,
+                         batch: int, cfg: ModelConfig) -> np.ndarray:
+    """Distances of the validation songs computed as ``wealy evaluate`` computes them (every
+    process computes them all): a pooled model's songs cut into overlapping chunks (``--chunk``,
+    ``--val-overlap``), song distance the mean of the ``--val-topk`` smallest chunk distances; a
+    late-interaction model's every sung row, scored by late interaction. A song without rows gets
+    one zero vector (distance 1 to every song)."""
     from wealy_cli.ranking.chunks import embed_rows
     from wealy_cli.ranking.tiles import SongSet, assemble_distances, song_distances
 
     plain = _plain(model)
     embed = EmbedOptions(chunk=opts.chunk, overlap=opts.val_overlap, topk=opts.val_topk, batch_size=batch)
-    chunks = []
-    for key in keys:
-        z = embed_rows(plain, read_rows(store, key, sung_only), embed)
-        chunks.append(z if len(z) else np.zeros((1, plain.cfg.zdim), np.float32))
-    songs = SongSet(chunks, keys)
+    embedded = []
+    for key in split.keys:
+        z = embed_rows(plain, read_rows(store, key, cfg.text_rows), embed, per_row=cfg.per_row)
+        embedded.append(z if len(z) else np.zeros((1, cfg.zdim), np.float32))
+    songs = SongSet(embedded, split.cliques, late_fraction=cfg.late_fraction if cfg.per_row else None)
     blocks = ((i, j, song_distances(songs.tiles[i], songs.tiles[j], opts.val_topk).numpy())
               for i, j in songs.tile_pairs())  # no progress bar: the epoch's own is live
     return assemble_distances(songs, blocks)
-
-
-@torch.no_grad()
-def late_validation_distances(fabric: Any, model: torch.nn.Module, store: Store, keys: list[str], batch: int,
-                              fraction: float) -> np.ndarray:
-    """Late-interaction distances of the validation songs on all their sung rows, exactly as
-    evaluation scores them (every process computes them all: a row projection is cheap)."""
-    model.eval()
-    sets: list[torch.Tensor] = []
-    loader = DataLoader(FirstChunkDataset(store, keys, None, sung_only=True), batch_size=batch, collate_fn=collate)
-    for b in loader:
-        x, mask = model_input(fabric, b)
-        with fabric.autocast():
-            out = model(x, mask).float()
-        sets.extend(out[i, mask[i]].cpu() for i in range(len(out)))
-    return late_distance_matrix(sets, fraction)
 
 
 def separation(distances: np.ndarray, cliques: list[str]) -> float:
@@ -463,6 +448,8 @@ def train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: Da
     is called by rank 0 under the lock, before anything is written."""
     devices = resolve_devices(opts)
     check_splits(train_split, val_split, opts, devices.processes * opts.nodes)
+    if ModelConfig.from_options(opts, store.dim).text_rows:  # refused before the run starts if unreadable
+        sung_features(store, train_split.keys[0])
     with launch(devices, opts.nodes, peer_timeout=opts.peer_timeout, precision=_precision(opts, devices.accelerator),
                 fabric=True, lock=(opts.run_dir(), "training run")) as workers:
         workers.check_same([*train_split.keys, "", *val_split.keys], "the training and validation versions")
@@ -510,12 +497,8 @@ def _train(opts: TrainRun, store: Store, train_split: DatasetSplit, val_split: D
     started = time.monotonic()
 
     def validation() -> dict[str, float]:
-        if model_config.per_row:
-            distances = late_validation_distances(fabric, model, store, val_split.keys, val_batch,
-                                                  model_config.late_fraction)
-        elif opts.val_mode == "evaluate":
-            distances = chunked_validation_distances(model, store, val_split.keys, opts, val_batch,
-                                                     model_config.text_rows)
+        if model_config.per_row or opts.val_mode == "evaluate":
+            distances = evaluation_distances(model, store, val_split, opts, val_batch, model_config)
         else:
             z = embed_validation(fabric, model, store, val_split.keys, opts.chunk, val_batch, opts.loader_workers,
                                  model_config.text_rows)

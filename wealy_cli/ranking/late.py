@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
-
-from wealy_cli.core.layers import pad_sequences
 
 
 def top_fraction_mean(values: torch.Tensor, valid: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -69,19 +66,3 @@ def late_similarity_rows(x: torch.Tensor, valid: torch.Tensor, fraction: float) 
     directional = torch.stack([top_fraction_mean(r, torch.ones_like(r, dtype=torch.bool), fraction) if counts[i]
                                else best.new_zeros(n) for i, r in enumerate(rows)])
     return (directional + directional.T) / 2
-
-
-def late_distance_matrix(sets: list[torch.Tensor], fraction: float, block: int = 16) -> np.ndarray:
-    """The dense (n, n) late-interaction distance matrix of row sets (T_i, d), computed by blocks
-    of ``block`` songs; a set without rows gets one zero row (score 0 with every song)."""
-    padded = [s if len(s) else s.new_zeros((1, s.shape[1])) for s in sets]
-    n = len(padded)
-    out = np.zeros((n, n), dtype=np.float32)
-    for i in range(0, n, block):
-        a, am = pad_sequences(padded[i:i + block])
-        for j in range(i, n, block):
-            b, bm = pad_sequences(padded[j:j + block])
-            d = late_distances(a, am, b, bm, fraction).numpy()
-            out[i:i + block, j:j + block] = d
-            out[j:j + block, i:i + block] = d.T
-    return out

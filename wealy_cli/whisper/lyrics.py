@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from wealy_cli.core.errors import UserError
+
 # A bracketed annotation or a music-note run, removed before counting words.
 _ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)|[♪♫♬♩]+")
 # One word: a character of a script without spaces, or a run of letters/digits (with apostrophes).
@@ -101,5 +103,12 @@ def sung_rows(attrs: dict) -> np.ndarray:
 
 
 def sung_features(store: Any, key: str) -> np.ndarray:
-    """The feature rows of an item's sung tokens (``sung_rows``), from a Whisper feature store."""
-    return np.asarray(store[key])[sung_rows(store.attrs(key))]
+    """The feature rows of an item's sung tokens (``sung_rows``), from a Whisper feature store;
+    a UserError when the store does not record one token per row (SBERT, encoder features)."""
+    rows = np.asarray(store[key])
+    mask = sung_rows(store.attrs(key))
+    if len(mask) != len(rows):
+        raise UserError(f"--store {store.directory}: item {key} does not record one Whisper token per feature row, "
+                        "so its sung rows are unknown (they need 'wealy extract whisper' decoder features); "
+                        "use --rows all")
+    return rows[mask]
